@@ -1,0 +1,199 @@
+//! A simulated AI-agent pipeline, monitored by perfmon.
+//!
+//! ```text
+//! cargo run --example demo                  # until Ctrl-C
+//! cargo run --example demo -- --pipelines 3 # stop after three pipelines
+//! ```
+//!
+//! Each pipeline: a `planner`, then `geometry`, `physics` and `materials` in
+//! parallel (`physics` is the clear bottleneck), then `codegen` (fails now
+//! and then) and a `reviewer`. Every report is printed with its bottlenecks
+//! and critical path; every few pipelines, the slowest agents.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use perfmon::{Monitor, TrackAgentExt};
+use tracing_subscriber::prelude::*;
+
+struct Args {
+    pipelines: Option<u64>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { pipelines: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--pipelines" => {
+                let n = it
+                    .next()
+                    .ok_or("--pipelines needs a number, e.g. --pipelines 3")?;
+                let n = n
+                    .parse()
+                    .map_err(|_| format!("--pipelines needs a whole number, got {n:?}"))?;
+                args.pipelines = Some(n);
+            }
+            "-h" | "--help" => {
+                return Err(
+                    "usage: demo [--pipelines N]\n  runs simulated agent pipelines until Ctrl-C, \
+                            or N of them"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help")),
+        }
+    }
+    Ok(args)
+}
+
+/// A small deterministic pseudo-random sequence, so runs differ a little.
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn ms(&mut self, base: u64, spread: u64) -> Duration {
+        Duration::from_millis(base + self.next() % spread.max(1))
+    }
+}
+
+/// An agent that works in steps, reporting progress and a thought or two.
+async fn work(stages: &[&str], total: Duration) {
+    let step = total / stages.len() as u32;
+    for (i, stage) in stages.iter().enumerate() {
+        perfmon::progress!(
+            percent = 100.0 * i as f64 / stages.len() as f64,
+            stage = *stage
+        );
+        tokio::time::sleep(step).await;
+    }
+    perfmon::progress!(percent = 100.0, stage = "done");
+}
+
+#[derive(Debug)]
+struct CodegenError(u64);
+
+impl std::fmt::Display for CodegenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "generated code failed to compile (attempt {})", self.0)
+    }
+}
+
+async fn pipeline(n: u64, jitter: &mut Jitter) -> Result<(), CodegenError> {
+    // A synchronous, CPU-bound agent on a blocking thread: a guard around a
+    // block, parented to the pipeline by carrying its span across.
+    let span = tracing::Span::current();
+    let planning = jitter.ms(120, 60);
+    let _ = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let _planner = perfmon::agent("planner");
+            perfmon::thought!("splitting project {n} into geometry, physics and materials");
+            std::thread::sleep(planning); // stands in for real work
+        })
+    })
+    .await;
+
+    // Parallel agents on other tasks: tracked futures carry the pipeline with them.
+    let geometry = tokio::spawn(
+        work(&["parse", "mesh", "refine"], jitter.ms(450, 150)).track_agent("geometry"),
+    );
+    let physics = tokio::spawn(
+        async {
+            perfmon::thought!("coarse mesh first, then refine where the residual is high");
+            work(
+                &["assemble", "solve", "iterate", "converge"],
+                Duration::from_millis(1_300),
+            )
+            .await;
+        }
+        .track_agent("physics"),
+    );
+    let materials =
+        tokio::spawn(work(&["lookup", "fit"], jitter.ms(300, 100)).track_agent("materials"));
+    for task in [geometry, physics, materials] {
+        let _ = task.await;
+    }
+
+    let codegen: Result<(), CodegenError> = async {
+        work(&["emit", "compile"], jitter.ms(250, 100)).await;
+        if jitter.next().is_multiple_of(4) {
+            Err(CodegenError(n))
+        } else {
+            Ok(())
+        }
+    }
+    .track_agent_result("codegen")
+    .await;
+    codegen?;
+
+    work(&["review"], jitter.ms(150, 80))
+        .track_agent("reviewer")
+        .await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let monitor = Monitor::builder()
+        .process_sampler(Duration::from_secs(1))
+        .build();
+    tracing_subscriber::registry().with(monitor.layer()).init();
+
+    println!("perfmon demo: simulated agent pipelines; Ctrl-C to stop");
+    let run = async {
+        let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15);
+        let mut n = 0;
+        while args.pipelines.is_none_or(|max| n < max) {
+            n += 1;
+            let (_, report) = monitor
+                .track_pipeline_result(format!("proj_{n}"), pipeline(n, &mut jitter))
+                .await;
+            println!("\n{report}");
+            if n.is_multiple_of(5) {
+                print_slowest(&monitor);
+            }
+        }
+    };
+    tokio::select! {
+        () = run => {}
+        _ = tokio::signal::ctrl_c() => println!("\nstopping"),
+    }
+    print_slowest(&monitor);
+    let overview = monitor.overview();
+    println!(
+        "\n{} pipelines ({} failed), {} agent runs, mean pipeline {:.2?}",
+        overview.pipelines_total,
+        overview.pipelines_failed,
+        overview.agent_runs_total,
+        overview.avg_pipeline_duration
+    );
+    ExitCode::SUCCESS
+}
+
+fn print_slowest(monitor: &Monitor) {
+    println!("\nslowest agents          runs  fail%      p50      p90      p99");
+    for s in monitor.slowest_agents(6) {
+        println!(
+            "  {:<18} {:>6} {:>5.1}% {:>8.1?} {:>8.1?} {:>8.1?}",
+            s.agent,
+            s.runs,
+            s.failure_rate * 100.0,
+            s.p50,
+            s.p90,
+            s.p99
+        );
+    }
+}

@@ -1,0 +1,507 @@
+//! Guards that open perfmon spans: [`PipelineGuard`], [`AgentGuard`], and
+//! [`TrackAgentExt`] for futures.
+//!
+//! Guards only make spans and record outcomes on them; all timing happens in
+//! [`PerfmonLayer`](crate::PerfmonLayer). Without a subscriber that enables
+//! the spans, a guard costs about as much as a disabled `tracing` span.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use pin_project_lite::pin_project;
+use tracing::Span;
+use tracing::field::{Empty, display};
+use tracing::span::EnteredSpan;
+
+use crate::layer::{ERROR_FIELD, OUTCOME_FIELD, WithPipeline};
+use crate::monitor::Monitor;
+use crate::pipeline::PipelineState;
+use crate::record::{Outcome, PipelineReport};
+
+/// Starts an agent run named `name`, as a child of the current span, and
+/// enters it on this thread until the guard is dropped.
+///
+/// The run belongs to the pipeline whose span encloses it, if any. Drop the
+/// guard (or call [`AgentGuard::succeed`]) when the work is done, or call
+/// [`AgentGuard::fail`]; a guard dropped while panicking records `panicked`.
+///
+/// The span has target `perfmon`, level `INFO`, name `agent`, and the field
+/// `perfmon.agent = name`.
+///
+/// ```
+/// let monitor = perfmon::Monitor::new();
+/// # let _s = tracing::subscriber::set_default(
+/// #     tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), monitor.layer()));
+/// let pipeline = monitor.start_pipeline("proj_1");
+/// {
+///     let _agent = perfmon::agent("geometry");
+///     // ... the agent's work ...
+/// }
+/// let report = pipeline.finish();
+/// assert_eq!(report.agents[0].agent, "geometry");
+/// ```
+///
+/// A guard is `!Send`, like `tracing`'s `EnteredSpan`: it must be dropped on
+/// the thread that made it, because exiting a span elsewhere would corrupt
+/// both threads' span stacks.
+///
+/// ```compile_fail
+/// let guard = perfmon::agent("geometry");
+/// std::thread::spawn(move || drop(guard)); // error: `AgentGuard` cannot be sent between threads
+/// ```
+#[inline]
+pub fn agent(name: &str) -> AgentGuard {
+    let span = tracing::info_span!(
+        target: "perfmon",
+        "agent",
+        perfmon.agent = name,
+        perfmon.sync = Empty,
+        perfmon.outcome = Empty,
+        perfmon.error = Empty,
+    );
+    AgentGuard {
+        span: span.entered(),
+        done: false,
+    }
+}
+
+/// An agent run in progress on this thread; from [`agent()`].
+#[must_use = "an agent run ends when its guard is dropped: bind it with `let _agent = ...`"]
+pub struct AgentGuard {
+    span: EnteredSpan,
+    done: bool,
+}
+
+impl fmt::Debug for AgentGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentGuard")
+            .field("span", &self.span)
+            .finish()
+    }
+}
+
+impl AgentGuard {
+    /// Ends the run as succeeded (the same as dropping the guard).
+    #[inline]
+    pub fn succeed(mut self) {
+        self.done = true;
+    }
+
+    /// Ends the run as failed, keeping `error`'s `Display` text.
+    pub fn fail(mut self, error: impl fmt::Display) {
+        self.span.record(ERROR_FIELD, display(error));
+        self.done = true;
+    }
+
+    /// The run's span.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+}
+
+impl Drop for AgentGuard {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.done && !self.span.is_disabled() && std::thread::panicking() {
+            self.span.record(OUTCOME_FIELD, "panicked");
+        }
+    }
+}
+
+/// A pipeline in progress, entered on this thread; from [`Monitor::start_pipeline`].
+///
+/// Agents started on this thread while the guard lives belong to the
+/// pipeline, and so do agents on other threads or tasks whose spans descend
+/// from [`PipelineGuard::span`] (pass it along with `Instrument::instrument`
+/// or `Span::in_scope`, or create the tracked future here and spawn it:
+/// [`TrackAgentExt::track_agent`] captures the current span).
+///
+/// [`finish`](PipelineGuard::finish) or [`fail`](PipelineGuard::fail) end the
+/// pipeline and return its report; dropping the guard finishes it too
+/// (`panicked` if the thread is panicking). Like [`AgentGuard`] it is
+/// `!Send`: in async code use [`Monitor::track_pipeline`] instead of holding
+/// a guard across `.await`.
+#[must_use = "a pipeline ends when its guard is dropped: bind it with `let pipeline = ...`"]
+pub struct PipelineGuard {
+    span: EnteredSpan,
+    recorder: PipelineRecorder,
+    done: bool,
+}
+
+impl fmt::Debug for PipelineGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipelineGuard")
+            .field("id", &self.recorder.id)
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a pipeline's guard or future needs to end it and fetch its report.
+struct PipelineRecorder {
+    state: Option<Arc<PipelineState>>,
+    monitor: Monitor,
+    id: String,
+    start: quanta::Instant,
+    started_at: SystemTime,
+}
+
+impl PipelineRecorder {
+    /// Opens the pipeline's span (not entered).
+    fn open(monitor: Monitor, id: String) -> (Span, Self) {
+        let start = monitor.inner.now();
+        let span = tracing::info_span!(
+            target: "perfmon",
+            "pipeline",
+            perfmon.pipeline = id.as_str(),
+            perfmon.outcome = Empty,
+            perfmon.error = Empty,
+        );
+        let state = span
+            .with_subscriber(|(id, dispatch)| WithPipeline::lookup(dispatch, id))
+            .flatten();
+        let recorder = PipelineRecorder {
+            state,
+            started_at: monitor.inner.system_time(start),
+            monitor,
+            id,
+            start,
+        };
+        (span, recorder)
+    }
+
+    /// Records `outcome` on `span`, which ends the pipeline in the layer.
+    fn record(span: &Span, outcome: &Outcome) {
+        if let Some(error) = outcome.error() {
+            span.record(ERROR_FIELD, error);
+        }
+        span.record(OUTCOME_FIELD, outcome.as_str());
+    }
+
+    fn end(&self, span: &Span, outcome: Outcome) -> PipelineReport {
+        Self::record(span, &outcome);
+        match self.state.as_ref().and_then(|s| s.report()) {
+            Some(report) => PipelineReport::clone(&report),
+            None => self.unrecorded(outcome, true),
+        }
+    }
+
+    fn report_so_far(&self) -> PipelineReport {
+        match &self.state {
+            Some(state) => {
+                let inner = &self.monitor.inner;
+                PipelineReport::clone(&state.report_so_far(inner.now(), inner.config.threshold))
+            }
+            None => self.unrecorded(Outcome::Succeeded, false),
+        }
+    }
+
+    /// The report of a pipeline no layer recorded: its id and duration only.
+    fn unrecorded(&self, outcome: Outcome, finished: bool) -> PipelineReport {
+        PipelineReport {
+            id: self.id.clone(),
+            run: 0,
+            started_at: self.started_at,
+            duration: self
+                .monitor
+                .inner
+                .now()
+                .saturating_duration_since(self.start),
+            outcome,
+            finished,
+            agents: Vec::new(),
+            bottlenecks: Vec::new(),
+            critical_path: Vec::new(),
+            critical_runs: Vec::new(),
+            aggregated: Vec::new(),
+            unfinished: Vec::new(),
+        }
+    }
+}
+
+impl PipelineGuard {
+    pub(crate) fn start(monitor: Monitor, id: String) -> Self {
+        let (span, recorder) = PipelineRecorder::open(monitor, id);
+        PipelineGuard {
+            span: span.entered(),
+            recorder,
+            done: false,
+        }
+    }
+
+    /// The pipeline's span, to parent work on other threads or tasks.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The pipeline's id.
+    pub fn id(&self) -> &str {
+        &self.recorder.id
+    }
+
+    /// The pipeline's monitor-unique run number, if a `PerfmonLayer` records it.
+    pub fn run(&self) -> Option<u64> {
+        self.recorder.state.as_ref().map(|s| s.run)
+    }
+
+    /// The report so far (`finished == false`).
+    pub fn report_so_far(&self) -> PipelineReport {
+        self.recorder.report_so_far()
+    }
+
+    /// Ends the pipeline as succeeded and returns its report.
+    pub fn finish(mut self) -> PipelineReport {
+        self.done = true;
+        self.recorder.end(&self.span, Outcome::Succeeded)
+    }
+
+    /// Ends the pipeline as failed with `error`'s `Display` text and returns its report.
+    pub fn fail(mut self, error: impl fmt::Display) -> PipelineReport {
+        self.done = true;
+        self.recorder.end(
+            &self.span,
+            Outcome::Failed {
+                error: error.to_string(),
+            },
+        )
+    }
+}
+
+impl Drop for PipelineGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            let outcome = if std::thread::panicking() {
+                Outcome::Panicked
+            } else {
+                Outcome::Succeeded
+            };
+            PipelineRecorder::record(&self.span, &outcome);
+        }
+    }
+}
+
+impl Monitor {
+    /// Runs `future` as a pipeline named `id`, for async code: the future is
+    /// polled inside the pipeline's span, so agents it starts, and tracked
+    /// futures it spawns, belong to the pipeline. Resolves to the future's
+    /// output and the pipeline's report. Dropped early: `cancelled`.
+    ///
+    /// ```
+    /// # use tracing_subscriber::prelude::*;
+    /// # let monitor = perfmon::Monitor::new();
+    /// # let _s = tracing::subscriber::set_default(tracing_subscriber::registry().with(monitor.layer()));
+    /// use perfmon::TrackAgentExt;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let (answer, report) = monitor
+    ///     .track_pipeline("proj_7", async { async { 42 }.track_agent("physics").await })
+    ///     .await;
+    /// assert_eq!(answer, 42);
+    /// assert_eq!(report.agents[0].agent, "physics");
+    /// # });
+    /// ```
+    pub fn track_pipeline<F: Future>(
+        &self,
+        id: impl Into<String>,
+        future: F,
+    ) -> TrackedPipeline<F> {
+        TrackedPipeline::new(self.clone(), id.into(), future, |_| None)
+    }
+
+    /// Like [`track_pipeline`](Monitor::track_pipeline); an `Err` output
+    /// marks the pipeline failed with the error's `Display` text.
+    pub fn track_pipeline_result<F, T, E>(
+        &self,
+        id: impl Into<String>,
+        future: F,
+    ) -> TrackedPipeline<F>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: fmt::Display,
+    {
+        TrackedPipeline::new(self.clone(), id.into(), future, |out| {
+            out.as_ref().err().map(ToString::to_string)
+        })
+    }
+}
+
+pin_project! {
+    /// A future run as a pipeline; from [`Monitor::track_pipeline`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct TrackedPipeline<F: Future> {
+        #[pin]
+        inner: F,
+        span: Span,
+        recorder: PipelineRecorder,
+        error_of: fn(&F::Output) -> Option<String>,
+        done: bool,
+    }
+
+    impl<F: Future> PinnedDrop for TrackedPipeline<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.done {
+                let outcome = if std::thread::panicking() { Outcome::Panicked } else { Outcome::Cancelled };
+                PipelineRecorder::record(this.span, &outcome);
+            }
+        }
+    }
+}
+
+impl<F: Future> fmt::Debug for TrackedPipeline<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackedPipeline")
+            .field("id", &self.recorder.id)
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> TrackedPipeline<F> {
+    fn new(
+        monitor: Monitor,
+        id: String,
+        inner: F,
+        error_of: fn(&F::Output) -> Option<String>,
+    ) -> Self {
+        let (span, recorder) = PipelineRecorder::open(monitor, id);
+        TrackedPipeline {
+            inner,
+            span,
+            recorder,
+            error_of,
+            done: false,
+        }
+    }
+
+    /// The pipeline's span.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+}
+
+impl<F: Future> Future for TrackedPipeline<F> {
+    type Output = (F::Output, PipelineReport);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = {
+            let _entered = this.span.enter();
+            std::task::ready!(this.inner.poll(cx))
+        };
+        *this.done = true;
+        let outcome = match (this.error_of)(&output) {
+            Some(error) => Outcome::Failed { error },
+            None => Outcome::Succeeded,
+        };
+        let report = this.recorder.end(this.span, outcome);
+        Poll::Ready((output, report))
+    }
+}
+
+/// Times futures as agent runs.
+///
+/// ```
+/// use perfmon::TrackAgentExt;
+/// # async fn retrieve() -> u32 { 7 }
+/// # async fn run() {
+/// let docs = retrieve().track_agent("retrieval").await;
+/// # }
+/// ```
+pub trait TrackAgentExt: Future + Sized {
+    /// Wraps the future in an agent span named `name`, a child of the
+    /// current span (so it belongs to the current pipeline even when
+    /// spawned). Busy time is the time spent being polled. Dropped before
+    /// completion: `cancelled`; panicked while polled: `panicked`.
+    fn track_agent(self, name: &str) -> TrackedAgent<Self> {
+        TrackedAgent::new(self, name, |_| None)
+    }
+
+    /// Like [`track_agent`](TrackAgentExt::track_agent), and an `Err` output
+    /// marks the run failed with the error's `Display` text.
+    fn track_agent_result<T, E>(self, name: &str) -> TrackedAgent<Self>
+    where
+        Self: Future<Output = Result<T, E>>,
+        E: fmt::Display,
+    {
+        TrackedAgent::new(self, name, |out| {
+            out.as_ref().err().map(ToString::to_string)
+        })
+    }
+}
+
+impl<F: Future> TrackAgentExt for F {}
+
+pin_project! {
+    /// A future timed as an agent run; from [`TrackAgentExt`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct TrackedAgent<F: Future> {
+        #[pin]
+        inner: F,
+        span: Span,
+        error_of: fn(&F::Output) -> Option<String>,
+        done: bool,
+    }
+
+    impl<F: Future> PinnedDrop for TrackedAgent<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.done {
+                let outcome = if std::thread::panicking() { "panicked" } else { "cancelled" };
+                this.span.record(OUTCOME_FIELD, outcome);
+            }
+        }
+    }
+}
+
+impl<F: Future> fmt::Debug for TrackedAgent<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackedAgent")
+            .field("span", &self.span)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> TrackedAgent<F> {
+    fn new(inner: F, name: &str, error_of: fn(&F::Output) -> Option<String>) -> Self {
+        let span = tracing::info_span!(
+            target: "perfmon",
+            "agent",
+            perfmon.agent = name,
+            perfmon.outcome = Empty,
+            perfmon.error = Empty,
+        );
+        TrackedAgent {
+            inner,
+            span,
+            error_of,
+            done: false,
+        }
+    }
+
+    /// The run's span.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+}
+
+impl<F: Future> Future for TrackedAgent<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = {
+            let _entered = this.span.enter();
+            std::task::ready!(this.inner.poll(cx))
+        };
+        *this.done = true;
+        if let Some(error) = (this.error_of)(&output) {
+            this.span.record(ERROR_FIELD, error.as_str());
+        }
+        Poll::Ready(output)
+    }
+}

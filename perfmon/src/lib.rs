@@ -1,0 +1,187 @@
+//! Live performance monitoring for AI-agent pipelines, built on [`tracing`].
+//!
+//! # Overview
+//!
+//! perfmon times the agents of your pipelines (a geometry agent, a physics
+//! agent, a code generator, ...), attributes every run to its pipeline, keeps
+//! per-agent statistics, flags the agents that took more than 30% of a
+//! pipeline's time, finds the critical path through parallel runs, and
+//! streams all of it as [`Event`]s and through the [`metrics`](https://docs.rs/metrics) facade.
+//!
+//! # Core concepts
+//!
+//! - An **agent run** is a `tracing` span with a `perfmon.agent` field; a
+//!   **pipeline** is a span with `perfmon.pipeline`. Agents belong to the
+//!   pipeline whose span is their ancestor, across threads and tasks.
+//! - [`PerfmonLayer`] (from [`Monitor::layer`]) does all the timing: wall
+//!   time from span open to close, busy time (time being polled) for futures.
+//!   Spans made by other code count too, e.g.
+//!   `#[tracing::instrument(fields(perfmon.agent = "x"))]`.
+//! - [`Monitor`] answers questions: [`overview`](Monitor::overview),
+//!   [`agents`](Monitor::agents), [`pipeline`](Monitor::pipeline),
+//!   [`subscribe`](Monitor::subscribe), ...
+//!
+//! # Usage
+//!
+//! ```
+//! use tracing_subscriber::prelude::*;
+//!
+//! let monitor = perfmon::Monitor::new();
+//! # let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(monitor.layer()));
+//! # #[cfg(any())]
+//! tracing_subscriber::registry().with(monitor.layer()).init();
+//!
+//! let pipeline = monitor.start_pipeline("proj_123");
+//! {
+//!     let _agent = perfmon::agent("geometry");
+//!     perfmon::progress!(percent = 40.0, stage = "meshing", "cells {}", 1200);
+//!     perfmon::thought!("trying a coarser mesh");
+//! }
+//! perfmon::agent("physics").fail("mesh did not converge");
+//! let report = pipeline.finish();
+//!
+//! assert_eq!(report.agents.len(), 2);
+//! assert_eq!(report.agents[1].outcome.error(), Some("mesh did not converge"));
+//! println!("{report}");
+//! let stats = monitor.agent("geometry").unwrap();
+//! assert_eq!(stats.runs, 1);
+//! ```
+//!
+//! Futures are tracked with [`TrackAgentExt`]:
+//!
+//! ```
+//! use perfmon::TrackAgentExt;
+//! # async fn physics() -> Result<f64, std::io::Error> { Ok(1.0) }
+//! # async fn demo() -> Result<(), std::io::Error> {
+//! let energy = physics().track_agent_result("physics").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Spans are at level `INFO` with target `perfmon` (guards) or your module
+//! (`#[instrument]`): a global filter that disables them disables perfmon.
+//! Put such filters on your other layers (`layer.with_filter(...)`).
+//!
+//! # Cost
+//!
+//! The recording path takes no lock shared by all spans, never waits, and
+//! keeps memory bounded: per-agent histograms (≈25 KiB each, at most
+//! `max_agents`), at most `max_runs_per_pipeline` runs per report (the rest
+//! aggregated), `recent_capacity` reports, and bounded event queues whose
+//! drops are counted. See `BENCHMARKS.md` for measured overhead.
+//!
+//! # Feature flags
+//!
+//! - `macros` (default): re-exports the attribute macros from `perfmon-macros`.
+//! - `process`: [`MonitorBuilder::process_sampler`], CPU/RSS/threads of the process.
+//! - `ws`: the WebSocket sidecar from `perfmon-ws`.
+//!
+//! # MSRV
+//!
+//! Rust 1.88.
+
+mod analysis;
+mod events;
+mod guard;
+mod layer;
+pub mod metrics;
+mod monitor;
+mod pipeline;
+mod record;
+#[cfg(feature = "process")]
+mod sampler;
+mod stats;
+
+pub use events::{Event, EventKind, Exporter, Subscription};
+pub use guard::{AgentGuard, PipelineGuard, TrackAgentExt, TrackedAgent, TrackedPipeline, agent};
+pub use layer::{
+    AGENT_FIELD, ERROR_FIELD, OUTCOME_FIELD, PIPELINE_FIELD, PROGRESS_TARGET, PerfmonLayer,
+    SYNC_FIELD, THOUGHT_TARGET,
+};
+pub use monitor::{DEFAULT_BOTTLENECK_THRESHOLD, MockClock, Monitor, MonitorBuilder};
+pub use record::{
+    AgentRun, AggregatedRuns, Bottleneck, Outcome, PipelineReport, PipelineSnapshot, Progress,
+};
+pub use stats::{AgentStats, Overview};
+
+/// Errors from perfmon's setup calls. Recording itself never fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// [`try_init`] found a global tracing subscriber already installed.
+    #[error(
+        "a global tracing subscriber is already installed; add `monitor.layer()` to your own \
+         subscriber instead of calling perfmon::init()"
+    )]
+    SubscriberAlreadySet(#[source] tracing_subscriber::util::TryInitError),
+    /// A background thread (event dispatcher, exporter, sampler) could not be spawned.
+    #[error(
+        "could not spawn a perfmon background thread ({0}); the process is out of threads or memory"
+    )]
+    Thread(#[source] std::io::Error),
+}
+
+/// Installs a global subscriber made of a `Registry` and a new monitor's
+/// layer, and returns the monitor.
+///
+/// # Errors
+///
+/// [`Error::SubscriberAlreadySet`] if a global subscriber exists.
+pub fn try_init() -> Result<Monitor, Error> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let monitor = Monitor::new();
+    tracing_subscriber::registry()
+        .with(monitor.layer())
+        .try_init()
+        .map_err(Error::SubscriberAlreadySet)?;
+    Ok(monitor)
+}
+
+/// Like [`try_init`], for programs that set up tracing in one place.
+///
+/// # Panics
+///
+/// If a global tracing subscriber is already installed (the message says
+/// what to do instead).
+pub fn init() -> Monitor {
+    match try_init() {
+        Ok(monitor) => monitor,
+        Err(err) => panic!("perfmon::init: {err}"),
+    }
+}
+
+/// Reports progress from inside an agent: `perfmon::progress!(percent = 40.0,
+/// stage = "meshing", "cells {}", n)`. Every part is optional; `percent` is
+/// 0–100. Outside any agent it does nothing.
+///
+/// It is a `tracing` event (target `perfmon::progress`, level `INFO`), so
+/// other layers see it too.
+#[macro_export]
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        $crate::__private::tracing::event!(
+            target: "perfmon::progress",
+            $crate::__private::tracing::Level::INFO,
+            $($arg)*
+        )
+    };
+}
+
+/// Records a thought of the current agent: `perfmon::thought!("trying {}", x)`.
+///
+/// A `tracing` event with target `perfmon::thought`, level `INFO`.
+#[macro_export]
+macro_rules! thought {
+    ($($arg:tt)*) => {
+        $crate::__private::tracing::event!(
+            target: "perfmon::thought",
+            $crate::__private::tracing::Level::INFO,
+            $($arg)*
+        )
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use tracing;
+}

@@ -1,0 +1,327 @@
+//! The state of one pipeline while it runs, and the report it becomes.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use rustc_hash::FxHashMap;
+
+use crate::analysis;
+use crate::record::{
+    AgentRun, AggregatedRuns, Outcome, PipelineReport, PipelineSnapshot, Progress,
+};
+
+/// Where an agent run is kept in its pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ticket {
+    /// Stored individually at this index.
+    Slot(u32),
+    /// Past `max_runs_per_pipeline`: kept in per-agent totals only.
+    Aggregated,
+    /// The pipeline had already finished when the run started.
+    Late,
+}
+
+/// A pipeline's shared state: referenced by its span and its agents' spans.
+/// Its lock is per pipeline, taken when a run opens or closes.
+#[derive(Debug)]
+pub(crate) struct PipelineState {
+    pub(crate) id: Arc<str>,
+    pub(crate) run: u64,
+    pub(crate) start: quanta::Instant,
+    pub(crate) started_at: SystemTime,
+    record: Mutex<Record>,
+}
+
+#[derive(Debug)]
+struct Record {
+    slots: Vec<Slot>,
+    max_slots: usize,
+    /// Per agent, keyed by the address of its interned name (one `Arc<str>`
+    /// per agent for the monitor's lifetime): cheap to hash, no string compare.
+    per_agent: FxHashMap<usize, AgentTotals>,
+    finished_runs: u64,
+    last_progress: Option<Progress>,
+    report: Option<Arc<PipelineReport>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    runs: u64,
+    failures: u64,
+    wall: Duration,
+}
+
+impl Totals {
+    fn add(&mut self, duration: Duration, outcome: &Outcome) {
+        self.runs += 1;
+        self.failures += u64::from(outcome.is_failure());
+        self.wall += duration;
+    }
+}
+
+#[derive(Debug)]
+struct AgentTotals {
+    agent: Arc<str>,
+    /// Every finished run.
+    all: Totals,
+    /// The finished runs that were not stored (past `max_slots`).
+    aggregated: Totals,
+    running_aggregated: u32,
+}
+
+fn key(agent: &Arc<str>) -> usize {
+    Arc::as_ptr(agent).cast::<u8>() as usize
+}
+
+#[derive(Debug)]
+struct Slot {
+    agent: Arc<str>,
+    parent: Option<u32>,
+    offset: Duration,
+    started_at: SystemTime,
+    end: Option<SlotEnd>,
+}
+
+#[derive(Debug)]
+struct SlotEnd {
+    duration: Duration,
+    busy: Option<Duration>,
+    outcome: Outcome,
+}
+
+impl Record {
+    /// One entry per run still open: stored ones in start order, then aggregated ones.
+    fn running(&self) -> Vec<String> {
+        let stored = self
+            .slots
+            .iter()
+            .filter(|s| s.end.is_none())
+            .map(|s| s.agent.to_string());
+        let aggregated = self
+            .per_agent
+            .values()
+            .flat_map(|t| std::iter::repeat_n(t.agent.to_string(), t.running_aggregated as usize));
+        stored.chain(aggregated).collect()
+    }
+
+    fn totals_of(&mut self, agent: &Arc<str>) -> &mut AgentTotals {
+        self.per_agent
+            .entry(key(agent))
+            .or_insert_with(|| AgentTotals {
+                agent: Arc::clone(agent),
+                all: Totals::default(),
+                aggregated: Totals::default(),
+                running_aggregated: 0,
+            })
+    }
+}
+
+impl PipelineState {
+    pub(crate) fn new(
+        id: Arc<str>,
+        run: u64,
+        start: quanta::Instant,
+        started_at: SystemTime,
+        max_slots: usize,
+    ) -> Self {
+        PipelineState {
+            id,
+            run,
+            start,
+            started_at,
+            record: Mutex::new(Record {
+                slots: Vec::new(),
+                max_slots,
+                per_agent: FxHashMap::default(),
+                finished_runs: 0,
+                last_progress: None,
+                report: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Record> {
+        // A panic while holding this lock cannot leave the record half
+        // updated in a way that matters for reporting; keep going.
+        self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a run that just opened.
+    pub(crate) fn open_run(
+        &self,
+        agent: &Arc<str>,
+        parent: Option<u32>,
+        at: quanta::Instant,
+        started_at: SystemTime,
+    ) -> Ticket {
+        let mut record = self.lock();
+        if record.report.is_some() {
+            return Ticket::Late;
+        }
+        if record.slots.len() >= record.max_slots {
+            record.totals_of(agent).running_aggregated += 1;
+            return Ticket::Aggregated;
+        }
+        let index = record.slots.len() as u32;
+        record.slots.push(Slot {
+            agent: Arc::clone(agent),
+            parent,
+            offset: at.saturating_duration_since(self.start),
+            started_at,
+            end: None,
+        });
+        Ticket::Slot(index)
+    }
+
+    /// Records the end of a run opened with `open_run`.
+    pub(crate) fn close_run(
+        &self,
+        ticket: Ticket,
+        agent: &Arc<str>,
+        duration: Duration,
+        busy: Option<Duration>,
+        outcome: &Outcome,
+    ) {
+        let mut record = self.lock();
+        if record.report.is_some() || ticket == Ticket::Late {
+            return;
+        }
+        record.finished_runs += 1;
+        let totals = record.totals_of(agent);
+        totals.all.add(duration, outcome);
+        if ticket == Ticket::Aggregated {
+            totals.running_aggregated = totals.running_aggregated.saturating_sub(1);
+            totals.aggregated.add(duration, outcome);
+        } else if let Ticket::Slot(i) = ticket
+            && let Some(slot) = record.slots.get_mut(i as usize)
+        {
+            slot.end = Some(SlotEnd {
+                duration,
+                busy,
+                outcome: outcome.clone(),
+            });
+        }
+    }
+
+    pub(crate) fn set_progress(&self, progress: Progress) {
+        self.lock().last_progress = Some(progress);
+    }
+
+    pub(crate) fn report(&self) -> Option<Arc<PipelineReport>> {
+        self.lock().report.clone()
+    }
+
+    /// Ends the pipeline. Returns the report the first time only.
+    pub(crate) fn finish(
+        &self,
+        end: quanta::Instant,
+        outcome: Outcome,
+        threshold: f64,
+    ) -> Option<Arc<PipelineReport>> {
+        let mut record = self.lock();
+        if record.report.is_some() {
+            return None;
+        }
+        let duration = end.saturating_duration_since(self.start);
+        let report = Arc::new(self.build(&record, duration, outcome, true, threshold));
+        record.report = Some(Arc::clone(&report));
+        Some(report)
+    }
+
+    /// The report so far, for an active pipeline.
+    pub(crate) fn report_so_far(
+        &self,
+        now: quanta::Instant,
+        threshold: f64,
+    ) -> Arc<PipelineReport> {
+        let record = self.lock();
+        if let Some(report) = &record.report {
+            return Arc::clone(report);
+        }
+        Arc::new(self.build(
+            &record,
+            now.saturating_duration_since(self.start),
+            Outcome::Succeeded,
+            false,
+            threshold,
+        ))
+    }
+
+    pub(crate) fn snapshot(&self, now: quanta::Instant) -> PipelineSnapshot {
+        let record = self.lock();
+        PipelineSnapshot {
+            id: self.id.to_string(),
+            run: self.run,
+            started_at: self.started_at,
+            elapsed: now.saturating_duration_since(self.start),
+            running_agents: record.running(),
+            finished_runs: record.finished_runs,
+            last_progress: record.last_progress.clone(),
+        }
+    }
+
+    fn build(
+        &self,
+        record: &Record,
+        duration: Duration,
+        outcome: Outcome,
+        finished: bool,
+        threshold: f64,
+    ) -> PipelineReport {
+        // Stored slots → runs, renumbering past unfinished ones.
+        let mut index_of = vec![None; record.slots.len()];
+        let mut agents = Vec::with_capacity(record.slots.len());
+        for (i, slot) in record.slots.iter().enumerate() {
+            let Some(end) = &slot.end else { continue };
+            index_of[i] = Some(agents.len());
+            agents.push(AgentRun {
+                agent: slot.agent.to_string(),
+                pipeline: self.id.to_string(),
+                started_at: slot.started_at,
+                duration: end.duration,
+                busy: end.busy,
+                outcome: end.outcome.clone(),
+                offset: slot.offset,
+                parent: slot
+                    .parent
+                    .and_then(|p| index_of.get(p as usize).copied().flatten()),
+            });
+        }
+        let bottlenecks = analysis::bottlenecks(
+            record.per_agent.values().map(|t| (&*t.agent, t.all.wall)),
+            duration,
+            threshold,
+        );
+        let critical_runs = analysis::critical_path(&agents, duration);
+        let critical_path = critical_runs
+            .iter()
+            .map(|&i| agents[i].agent.clone())
+            .collect();
+        let mut aggregated: Vec<AggregatedRuns> = record
+            .per_agent
+            .values()
+            .filter(|t| t.aggregated.runs > 0)
+            .map(|t| AggregatedRuns {
+                agent: t.agent.to_string(),
+                runs: t.aggregated.runs,
+                failures: t.aggregated.failures,
+                total: t.aggregated.wall,
+            })
+            .collect();
+        aggregated.sort_by(|a, b| a.agent.cmp(&b.agent));
+        PipelineReport {
+            id: self.id.to_string(),
+            run: self.run,
+            started_at: self.started_at,
+            duration,
+            outcome,
+            finished,
+            agents,
+            bottlenecks,
+            critical_path,
+            critical_runs,
+            aggregated,
+            unfinished: record.running(),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Per-agent statistics and the monitor-wide overview.
+//!
+//! Each agent has one [`AgentEntry`], created the first time a span names it
+//! and found again through a copy-on-write table ([`AgentTable`]) whose reads
+//! take no lock. An entry's counters and histogram sit behind the entry's own
+//! mutex, held for a few nanoseconds per finished run: runs of different
+//! agents never contend, and no lock is shared by all spans.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::metrics::AgentMetrics;
+use crate::record::{Outcome, ser};
+
+/// Durations above this are clamped in the histogram (min, max, mean and
+/// total stay exact).
+const HISTOGRAM_MAX: Duration = Duration::from_secs(6 * 3600);
+
+/// Statistics of one agent across every run the monitor has seen.
+///
+/// `min`, `max`, `mean` and `total` are exact; the percentiles come from an
+/// HDR histogram with two significant digits (at most 1% off).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentStats {
+    /// The agent's name.
+    pub agent: String,
+    /// Finished runs.
+    pub runs: u64,
+    /// Runs whose outcome was not `succeeded` (failed, panicked or cancelled).
+    pub failures: u64,
+    /// `failures / runs` (0 when there were no runs).
+    pub failure_rate: f64,
+    /// Shortest run.
+    #[serde(rename = "min_ms", serialize_with = "ser::ms")]
+    pub min: Duration,
+    /// Longest run.
+    #[serde(rename = "max_ms", serialize_with = "ser::ms")]
+    pub max: Duration,
+    /// Mean wall time.
+    #[serde(rename = "mean_ms", serialize_with = "ser::ms")]
+    pub mean: Duration,
+    /// Median wall time.
+    #[serde(rename = "p50_ms", serialize_with = "ser::ms")]
+    pub p50: Duration,
+    /// 90th percentile wall time.
+    #[serde(rename = "p90_ms", serialize_with = "ser::ms")]
+    pub p90: Duration,
+    /// 99th percentile wall time.
+    #[serde(rename = "p99_ms", serialize_with = "ser::ms")]
+    pub p99: Duration,
+    /// Summed wall time of all runs.
+    #[serde(rename = "total_ms", serialize_with = "ser::ms")]
+    pub total: Duration,
+    /// Runs open right now.
+    pub running: u64,
+}
+
+/// Totals across the whole monitor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overview {
+    /// Time since the monitor was built.
+    #[serde(rename = "uptime_ms", serialize_with = "ser::ms")]
+    pub uptime: Duration,
+    /// Pipelines started.
+    pub pipelines_total: u64,
+    /// Pipelines running now.
+    pub pipelines_active: u64,
+    /// Finished pipelines whose outcome was not `succeeded`.
+    pub pipelines_failed: u64,
+    /// Agent runs finished, inside pipelines or not.
+    pub agent_runs_total: u64,
+    /// Of those, runs that did not succeed.
+    pub agent_failures_total: u64,
+    /// Mean wall time of finished pipelines.
+    #[serde(rename = "avg_pipeline_duration_ms", serialize_with = "ser::ms")]
+    pub avg_pipeline_duration: Duration,
+    /// Distinct agents seen.
+    pub agents: u64,
+    /// Runs recorded under the overflow agent `"(other)"` because the
+    /// monitor already tracked `max_agents` distinct names.
+    pub agents_overflowed: u64,
+    /// Events sent to subscribers so far (the last `seq`).
+    pub events_published: u64,
+    /// Events the recorder could not queue because the event queue was full
+    /// (subscribers too slow to drain it). Per-subscriber losses are in
+    /// `Subscription::missed`.
+    pub events_dropped: u64,
+}
+
+/// Monitor-wide counters, updated with relaxed atomics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) pipelines_total: AtomicU64,
+    pub(crate) pipelines_finished: AtomicU64,
+    pub(crate) pipelines_failed: AtomicU64,
+    pub(crate) pipeline_nanos_total: AtomicU64,
+    pub(crate) agent_runs: AtomicU64,
+    pub(crate) agent_failures: AtomicU64,
+    pub(crate) agents_overflowed: AtomicU64,
+}
+
+/// Everything the monitor knows about one agent name.
+#[derive(Debug)]
+pub(crate) struct AgentEntry {
+    pub(crate) name: Arc<str>,
+    cell: Mutex<StatsCell>,
+    running: AtomicU64,
+    metrics: AgentMetrics,
+}
+
+#[derive(Debug)]
+struct StatsCell {
+    runs: u64,
+    failures: u64,
+    total_ns: u128,
+    min_ns: u64,
+    max_ns: u64,
+    histogram: Histogram<u64>,
+}
+
+impl AgentEntry {
+    fn new(name: Arc<str>, metrics_enabled: bool) -> Self {
+        let metrics = AgentMetrics::new(&name, metrics_enabled);
+        AgentEntry {
+            cell: Mutex::new(StatsCell {
+                runs: 0,
+                failures: 0,
+                total_ns: 0,
+                min_ns: u64::MAX,
+                max_ns: 0,
+                // Auto-resizing histogram: it only grows as far as the
+                // largest value recorded (bounded by HISTOGRAM_MAX).
+                // UNWRAP: 2 significant figures is always a valid precision.
+                #[allow(clippy::unwrap_used)]
+                histogram: Histogram::new(2).unwrap(),
+            }),
+            running: AtomicU64::new(0),
+            metrics,
+            name,
+        }
+    }
+
+    pub(crate) fn run_started(&self) {
+        self.running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one finished run.
+    pub(crate) fn run_finished(&self, duration: Duration, outcome: &Outcome) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let clamped = ns.clamp(1, HISTOGRAM_MAX.as_nanos() as u64);
+        {
+            let mut cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
+            cell.runs += 1;
+            cell.failures += u64::from(outcome.is_failure());
+            cell.total_ns += u128::from(ns);
+            cell.min_ns = cell.min_ns.min(ns);
+            cell.max_ns = cell.max_ns.max(ns);
+            // Auto-resizing: grows to cover `clamped`. It can only fail on
+            // allocation failure, and then losing one sample is the right call.
+            let _ = cell.histogram.record(clamped);
+        }
+        self.metrics.record(duration, outcome);
+    }
+
+    pub(crate) fn stats(&self) -> AgentStats {
+        let cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
+        let runs = cell.runs;
+        let q = |q: f64| {
+            if runs == 0 {
+                Duration::ZERO
+            } else {
+                // The histogram answers with the top of a bucket; clamp it
+                // into the exact [min, max] range so that p99 never exceeds max.
+                let v = cell.histogram.value_at_quantile(q);
+                Duration::from_nanos(v.clamp(cell.min_ns, cell.max_ns))
+            }
+        };
+        AgentStats {
+            agent: self.name.to_string(),
+            runs,
+            failures: cell.failures,
+            failure_rate: if runs == 0 {
+                0.0
+            } else {
+                cell.failures as f64 / runs as f64
+            },
+            min: if runs == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(cell.min_ns)
+            },
+            max: Duration::from_nanos(cell.max_ns),
+            mean: if runs == 0 {
+                Duration::ZERO
+            } else {
+                nanos_to_duration(cell.total_ns / u128::from(runs))
+            },
+            p50: q(0.50),
+            p90: q(0.90),
+            p99: q(0.99),
+            total: nanos_to_duration(cell.total_ns),
+            running: self.running.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn nanos_to_duration(ns: u128) -> Duration {
+    let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(u64::MAX);
+    Duration::new(secs, (ns % 1_000_000_000) as u32)
+}
+
+/// The name runs are filed under once `max_agents` distinct names exist.
+pub(crate) const OVERFLOW_AGENT: &str = "(other)";
+
+/// Agent name → entry. Reads are lock-free (`ArcSwap::load`); inserting a new
+/// name copies the map under a writer lock, which happens once per name.
+#[derive(Debug)]
+pub(crate) struct AgentTable {
+    map: ArcSwap<HashMap<Arc<str>, Arc<AgentEntry>>>,
+    writer: Mutex<()>,
+    max_agents: usize,
+    metrics_enabled: bool,
+}
+
+impl AgentTable {
+    pub(crate) fn new(max_agents: usize, metrics_enabled: bool) -> Self {
+        AgentTable {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
+            max_agents,
+            metrics_enabled,
+        }
+    }
+
+    /// The entry for `name`, created on first use. Once `max_agents` names
+    /// exist, new names share the `"(other)"` entry and `overflowed` counts them.
+    pub(crate) fn get_or_insert(&self, name: &str, overflowed: &AtomicU64) -> Arc<AgentEntry> {
+        if let Some(entry) = self.map.load().get(name) {
+            return Arc::clone(entry);
+        }
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.map.load_full();
+        if let Some(entry) = current.get(name) {
+            return Arc::clone(entry);
+        }
+        let key = if current.len() >= self.max_agents {
+            // Pathological input (unbounded distinct names): such runs take
+            // this locked path every time, and are counted.
+            overflowed.fetch_add(1, Ordering::Relaxed);
+            if let Some(entry) = current.get(OVERFLOW_AGENT) {
+                return Arc::clone(entry);
+            }
+            Arc::<str>::from(OVERFLOW_AGENT)
+        } else {
+            Arc::<str>::from(name)
+        };
+        let entry = Arc::new(AgentEntry::new(Arc::clone(&key), self.metrics_enabled));
+        let mut next = HashMap::clone(&current);
+        next.insert(key, Arc::clone(&entry));
+        self.map.store(Arc::new(next));
+        entry
+    }
+
+    pub(crate) fn entries(&self) -> Vec<Arc<AgentEntry>> {
+        self.map.load().values().cloned().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.load().len()
+    }
+}

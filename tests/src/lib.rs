@@ -1,0 +1,1 @@
+//! Cross-crate integration tests for perfmon: see the files in `tests/`.

@@ -1,0 +1,379 @@
+//! Every way an agent can run lands in the right pipeline with the right outcome.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use common::{install, mocked, ms};
+use perfmon::{MockClock, Monitor, Outcome, TrackAgentExt};
+use tracing::instrument::WithSubscriber;
+
+#[test]
+fn a_panicking_agent_is_panicked_and_the_pipeline_too() {
+    let (monitor, _clock, _g) = mocked();
+    let result = std::panic::catch_unwind(|| {
+        let _pipeline = monitor.start_pipeline("boom");
+        let _agent = perfmon::agent("fragile");
+        panic!("agent blew up");
+    });
+    assert!(result.is_err());
+    let report = monitor.pipeline("boom").expect("the pipeline was recorded");
+    assert_eq!(report.outcome, Outcome::Panicked);
+    assert_eq!(report.agents[0].outcome, Outcome::Panicked);
+    assert_eq!(monitor.agent("fragile").map(|s| s.failures), Some(1));
+}
+
+#[test]
+fn explicit_succeed_and_outside_any_pipeline() {
+    let (monitor, clock, _g) = mocked();
+    let agent = perfmon::agent("loner");
+    clock.advance(ms(3));
+    agent.succeed();
+    let stats = monitor
+        .agent("loner")
+        .expect("runs outside pipelines still count");
+    assert_eq!((stats.runs, stats.failures, stats.total), (1, 0, ms(3)));
+    assert_eq!(monitor.overview().pipelines_total, 0);
+    assert_eq!(monitor.overview().agent_runs_total, 1);
+}
+
+#[tracing::instrument(fields(perfmon.agent = "instrumented"))]
+fn instrumented_ok() {}
+
+#[tracing::instrument(err, fields(perfmon.agent = "instrumented_err"))]
+fn instrumented_err() -> Result<(), String> {
+    Err("bad input".into())
+}
+
+#[test]
+fn spans_from_tracing_instrument_count_and_err_fails_them() {
+    let (monitor, _clock, _g) = mocked();
+    let pipeline = monitor.start_pipeline("inst");
+    instrumented_ok();
+    let _ = instrumented_err();
+    let report = pipeline.finish();
+    assert_eq!(report.agents.len(), 2);
+    assert_eq!(report.agents[0].agent, "instrumented");
+    assert_eq!(report.agents[0].outcome, Outcome::Succeeded);
+    assert_eq!(report.agents[1].agent, "instrumented_err");
+    assert_eq!(
+        report.agents[1].outcome,
+        Outcome::Failed {
+            error: "bad input".into()
+        }
+    );
+}
+
+#[test]
+fn recording_perfmon_error_on_any_span_fails_it() {
+    let (monitor, _clock, _g) = mocked();
+    let pipeline = monitor.start_pipeline("rec");
+    let span = tracing::info_span!(
+        "work",
+        perfmon.agent = "manual",
+        perfmon.error = tracing::field::Empty
+    );
+    span.record("perfmon.error", "disk full");
+    drop(span);
+    let report = pipeline.finish();
+    assert_eq!(
+        report.agents[0].outcome,
+        Outcome::Failed {
+            error: "disk full".into()
+        }
+    );
+}
+
+#[test]
+fn follows_from_attaches_a_detached_agent_to_a_pipeline() {
+    let (monitor, _clock, _g) = mocked();
+    let pipeline = monitor.start_pipeline("caused");
+    let detached = tracing::info_span!(parent: None, "job", perfmon.agent = "background");
+    detached.follows_from(pipeline.span());
+    drop(detached);
+    let report = pipeline.finish();
+    assert_eq!(report.agents.len(), 1);
+    assert_eq!(report.agents[0].agent, "background");
+}
+
+/// A future that takes `work` of (mock) clock time on each of two polls.
+struct TwoPolls {
+    clock: MockClock,
+    work: Duration,
+    polls: u32,
+}
+
+impl Future for TwoPolls {
+    type Output = u32;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+        self.clock.advance(self.work);
+        self.polls += 1;
+        if self.polls == 2 {
+            Poll::Ready(7)
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+#[test]
+fn futures_report_busy_time_apart_from_wall_time() {
+    let (monitor, clock, _g) = mocked();
+    let pipeline = monitor.start_pipeline("async");
+    let mut fut = Box::pin(
+        TwoPolls {
+            clock: clock.clone(),
+            work: ms(5),
+            polls: 0,
+        }
+        .track_agent("poller"),
+    );
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    clock.advance(ms(20)); // waiting, not busy
+    assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(7));
+    drop(fut);
+    let report = pipeline.finish();
+    let run = &report.agents[0];
+    assert_eq!(run.duration, ms(30));
+    assert_eq!(run.busy, Some(ms(10)));
+    assert_eq!(run.outcome, Outcome::Succeeded);
+}
+
+#[tokio::test]
+async fn async_agents_ok_err_and_cancelled() {
+    let (monitor, _clock, _g) = mocked();
+    let pipeline = monitor.start_pipeline("tasks");
+    let v = async { 1 }.track_agent("ok").await;
+    assert_eq!(v, 1);
+    let r: Result<u8, String> = async { Err("timeout".to_string()) }
+        .track_agent_result("err")
+        .await;
+    assert!(r.is_err());
+    let never = std::future::pending::<()>().track_agent("slow");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(5), never)
+            .await
+            .is_err()
+    );
+    let report = pipeline.finish();
+    let outcomes: Vec<_> = report
+        .agents
+        .iter()
+        .map(|r| (r.agent.as_str(), r.outcome.clone()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("ok", Outcome::Succeeded),
+            (
+                "err",
+                Outcome::Failed {
+                    error: "timeout".into()
+                }
+            ),
+            ("slow", Outcome::Cancelled),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawned_tasks_on_other_threads_belong_to_the_pipeline() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::layer::SubscriberExt::with(
+        tracing_subscriber::registry(),
+        monitor.layer(),
+    ));
+    let run = {
+        let monitor = monitor.clone();
+        async move {
+            let pipeline = monitor.start_pipeline("spawned");
+            // Tracked futures capture the current span when created: spawn them anywhere.
+            let handles: Vec<_> = (0..4)
+                .map(|i| {
+                    let fut = async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        i
+                    };
+                    tokio::spawn(fut.track_agent("worker").with_current_subscriber())
+                })
+                .collect();
+            let panicking = tokio::spawn(
+                async { panic!("worker panicked") }
+                    .track_agent("doomed")
+                    .with_current_subscriber(),
+            );
+            // A pipeline guard must not be held across .await: take the span and re-enter.
+            let span = pipeline.span().clone();
+            let mut sum = 0;
+            for h in handles {
+                sum += h.await.expect("worker ran");
+            }
+            assert!(panicking.await.is_err());
+            let _ = span;
+            sum
+        }
+    };
+    // The guard is !Send, so the pipeline body runs on one thread (block_in_place keeps it simple).
+    let sum = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(run.with_subscriber(dispatch.clone()))
+    });
+    assert_eq!(sum, 6);
+    let report = monitor.pipeline("spawned").expect("recorded");
+    let workers = report.agents.iter().filter(|r| r.agent == "worker").count();
+    assert_eq!(workers, 4);
+    let doomed = report
+        .agents
+        .iter()
+        .find(|r| r.agent == "doomed")
+        .expect("the panicking task counts");
+    assert_eq!(doomed.outcome, Outcome::Panicked);
+    assert!(report.agents.iter().all(|r| r.busy.is_some()));
+}
+
+#[test]
+fn a_tracked_future_dropped_on_another_thread_is_cancelled() {
+    let (monitor, _clock, _g) = mocked();
+    let pipeline = monitor.start_pipeline("moved");
+    let fut = std::future::pending::<()>().track_agent("wanderer");
+    std::thread::spawn(move || drop(fut))
+        .join()
+        .expect("thread ran");
+    let report = pipeline.finish();
+    assert_eq!(report.agents[0].outcome, Outcome::Cancelled);
+}
+
+#[test]
+fn two_active_pipelines_with_one_id_are_kept_apart() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = ["left", "right"]
+        .into_iter()
+        .map(|agent| {
+            let (monitor, barrier) = (monitor.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let dispatch =
+                    tracing::Dispatch::new(tracing_subscriber::layer::SubscriberExt::with(
+                        tracing_subscriber::registry(),
+                        monitor.layer(),
+                    ));
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let pipeline = monitor.start_pipeline("same-id");
+                    barrier.wait(); // both are active now
+                    drop(perfmon::agent(agent));
+                    barrier.wait();
+                    pipeline.finish()
+                })
+            })
+        })
+        .collect();
+    let reports: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread ran"))
+        .collect();
+    assert_ne!(reports[0].run, reports[1].run);
+    for (report, agent) in reports.iter().zip(["left", "right"]) {
+        assert_eq!(report.id, "same-id");
+        let names: Vec<_> = report.agents.iter().map(|r| r.agent.as_str()).collect();
+        assert_eq!(names, [agent]);
+        assert_eq!(
+            monitor.pipeline_run(report.run).map(|r| r.agents.len()),
+            Some(1)
+        );
+    }
+}
+
+#[test]
+fn an_agent_that_outlives_its_pipeline_counts_in_stats_only() {
+    let (monitor, _clock, _g) = mocked();
+    let pipeline = monitor.start_pipeline("short");
+    let late = tracing::info_span!(parent: pipeline.span(), "late", perfmon.agent = "straggler");
+    let report = pipeline.finish();
+    assert_eq!(report.unfinished, ["straggler"]);
+    drop(late);
+    assert_eq!(monitor.agent("straggler").map(|s| s.runs), Some(1));
+    assert!(
+        monitor.pipeline("short").expect("kept").agents.is_empty(),
+        "finished reports do not change"
+    );
+}
+
+#[test]
+fn a_million_runs_keep_the_report_bounded() {
+    let clock = MockClock::new();
+    let (monitor, _g) = install(
+        Monitor::builder()
+            .mock_clock(&clock)
+            .max_runs_per_pipeline(1_000),
+    );
+    let pipeline = monitor.start_pipeline("huge");
+    for i in 0..1_000_000u32 {
+        let _a = perfmon::agent(if i % 2 == 0 { "even" } else { "odd" });
+        clock.advance(Duration::from_nanos(100));
+    }
+    let report = pipeline.finish();
+    assert_eq!(report.agents.len(), 1_000, "stored runs are capped");
+    assert_eq!(
+        report.total_runs(),
+        1_000_000,
+        "the rest are aggregated, not lost"
+    );
+    let aggregated: u64 = report.aggregated.iter().map(|a| a.runs).sum();
+    assert_eq!(aggregated, 999_000);
+    assert_eq!(report.duration, Duration::from_millis(100));
+    assert!((report.bottleneck("even").expect("half the time").share - 0.5).abs() < 1e-9);
+    assert_eq!(monitor.agent("odd").map(|s| s.runs), Some(500_000));
+}
+
+#[test]
+fn agent_names_beyond_the_cap_share_one_entry() {
+    let clock = MockClock::new();
+    let (monitor, _g) = install(Monitor::builder().mock_clock(&clock).max_agents(3));
+    for i in 0..10 {
+        drop(perfmon::agent(&format!("agent-{i}")));
+    }
+    assert_eq!(monitor.agents().len(), 4, "three names and \"(other)\"");
+    let other = monitor.agent("(other)").expect("overflow entry");
+    assert_eq!(other.runs, 7, "ten names, three tracked");
+    assert_eq!(monitor.overview().agents_overflowed, 7);
+}
+
+#[test]
+fn without_a_layer_guards_record_nothing_and_still_report_time() {
+    let monitor = Monitor::new();
+    let pipeline = monitor.start_pipeline("unrecorded");
+    drop(perfmon::agent("nobody-listens"));
+    let report = pipeline.finish();
+    assert_eq!(report.id, "unrecorded");
+    assert!(report.agents.is_empty());
+    assert_eq!(monitor.overview().agent_runs_total, 0);
+}
+
+#[test]
+#[should_panic(expected = "bottleneck_threshold must be in (0, 1]")]
+fn threshold_above_one_is_refused() {
+    let _ = Monitor::builder().bottleneck_threshold(1.5);
+}
+
+#[test]
+#[should_panic(expected = "bottleneck_threshold must be in (0, 1]")]
+fn threshold_of_zero_is_refused() {
+    let _ = Monitor::builder().bottleneck_threshold(0.0);
+}
+
+#[test]
+#[should_panic(expected = "recent_capacity must be at least 1")]
+fn zero_capacity_is_refused() {
+    let _ = Monitor::builder().recent_capacity(0);
+}
+
+#[test]
+#[should_panic(expected = "max_runs_per_pipeline must be at least 1")]
+fn zero_runs_per_pipeline_is_refused() {
+    let _ = Monitor::builder().max_runs_per_pipeline(0);
+}
