@@ -51,6 +51,13 @@ fn sync_agent(c: &mut Criterion) {
         group.bench_function("registry_only/bare_span (baseline)", |b| b.iter(bare_span));
     });
 
+    let quiet = Monitor::builder().metrics(false).build();
+    let without_metrics =
+        tracing::Dispatch::new(tracing_subscriber::registry().with(quiet.layer()));
+    tracing::dispatcher::with_default(&without_metrics, || {
+        group.bench_function("perfmon_layer/perfmon_agent", |b| b.iter(tracked));
+    });
+
     let monitor = Monitor::new();
     let with_layer = tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
     tracing::dispatcher::with_default(&with_layer, || {
@@ -101,6 +108,11 @@ fn sync_agent(c: &mut Criterion) {
         })
     });
     puffin::set_scopes_on(false);
+    tracing::dispatcher::with_default(&registry, || {
+        group.bench_function("registry_only/bare_span (baseline, again)", |b| {
+            b.iter(bare_span)
+        });
+    });
     group.finish();
 }
 

@@ -203,3 +203,91 @@ mod tests {
         assert!(exactly.is_empty(), "30% is not more than 30%");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::time::{Duration, SystemTime};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::record::Outcome;
+
+    fn runs_from(intervals: &[(u64, u64)]) -> Vec<AgentRun> {
+        let mut runs: Vec<AgentRun> = intervals
+            .iter()
+            .enumerate()
+            .map(|(i, &(start, len))| AgentRun {
+                agent: format!("a{i}"),
+                pipeline: "p".into(),
+                started_at: SystemTime::UNIX_EPOCH,
+                duration: Duration::from_micros(len),
+                busy: None,
+                outcome: Outcome::Succeeded,
+                offset: Duration::from_micros(start),
+                parent: None,
+            })
+            .collect();
+        runs.sort_by_key(|r| r.offset); // reports list runs in start order
+        runs
+    }
+
+    fn end(r: &AgentRun) -> Duration {
+        r.offset + r.duration
+    }
+
+    proptest! {
+        /// For parallel, unnested runs the path is a chain that ends with
+        /// the last run to finish, never overlaps itself, and at each step
+        /// takes the run that ended last before the next one started.
+        #[test]
+        fn critical_path_is_the_latest_ending_chain(
+            intervals in prop::collection::vec((0u64..1_000, 0u64..500), 1..40)
+        ) {
+            let runs = runs_from(&intervals);
+            let pipeline = runs.iter().map(end).max().unwrap_or_default();
+            let path = critical_path(&runs, pipeline);
+            prop_assert!(!path.is_empty());
+            let last = &runs[*path.last().unwrap_or(&0)];
+            prop_assert_eq!(end(last), pipeline);
+            for pair in path.windows(2) {
+                let (a, b) = (&runs[pair[0]], &runs[pair[1]]);
+                prop_assert!(end(a) <= b.offset, "chain overlaps");
+                // No other run ended later than `a` while still before `b` started.
+                for (i, c) in runs.iter().enumerate() {
+                    if i != pair[0] && i != pair[1] && end(c) <= b.offset {
+                        prop_assert!(end(c) <= end(a));
+                    }
+                }
+            }
+        }
+
+        /// Back-to-back runs are all on the path, in order.
+        #[test]
+        fn sequential_runs_are_all_critical_prop(lens in prop::collection::vec(1u64..1_000, 1..40)) {
+            let mut t = 0;
+            let intervals: Vec<(u64, u64)> = lens.iter().map(|&len| { let s = t; t += len; (s, len) }).collect();
+            let runs = runs_from(&intervals);
+            let path = critical_path(&runs, Duration::from_micros(t));
+            prop_assert_eq!(path, (0..runs.len()).collect::<Vec<_>>());
+        }
+
+        /// Exactly the agents above the threshold are flagged.
+        #[test]
+        fn bottlenecks_are_exactly_those_above_the_threshold(
+            totals in prop::collection::vec(0u64..1_000, 1..20),
+            threshold in 0.01f64..=1.0,
+        ) {
+            let pipeline = Duration::from_millis(1_000);
+            let named: Vec<(String, Duration)> =
+                totals.iter().enumerate().map(|(i, &ms)| (format!("a{i}"), Duration::from_millis(ms))).collect();
+            let flagged = bottlenecks(named.iter().map(|(a, d)| (a.as_str(), *d)), pipeline, threshold);
+            for (agent, d) in &named {
+                let share = d.as_secs_f64() / pipeline.as_secs_f64();
+                let hit = flagged.iter().any(|b| &b.agent == agent);
+                prop_assert_eq!(hit, share > threshold, "{} share {} threshold {}", agent, share, threshold);
+            }
+            prop_assert!(flagged.windows(2).all(|w| w[0].share >= w[1].share));
+        }
+    }
+}

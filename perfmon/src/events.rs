@@ -150,6 +150,8 @@ impl EventKind {
 
 /// How long the dispatcher waits between drains while events flow.
 const ACTIVE_INTERVAL: Duration = Duration::from_millis(2);
+/// Longest sleep of an idle dispatcher.
+const IDLE_PARK: Duration = Duration::from_millis(100);
 /// Empty drains in a row before the dispatcher sleeps until woken.
 const IDLE_ROUNDS: u32 = 250;
 
@@ -197,12 +199,13 @@ impl Bus {
         if self.queue.push(event).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        // Wake the dispatcher if it went to sleep, or early when the queue
-        // is half full (console-subscriber's trick).
-        let wake = (self.sleeping.load(Ordering::Relaxed)
-            && self.sleeping.swap(false, Ordering::AcqRel))
-            || self.queue.len() * 2 >= self.queue.capacity();
-        if wake && let Some(thread) = self.dispatcher.get() {
+        // Wake the dispatcher only if it went to sleep (idle); while events
+        // flow it drains every ACTIVE_INTERVAL on its own. No `len()` here:
+        // it would read the queue's contended head and tail on every event.
+        if self.sleeping.load(Ordering::Relaxed)
+            && self.sleeping.swap(false, Ordering::AcqRel)
+            && let Some(thread) = self.dispatcher.get()
+        {
             thread.unpark();
         }
     }
@@ -255,8 +258,10 @@ pub(crate) fn ensure_dispatcher(bus: &Arc<Bus>) {
                         continue;
                     }
                     drop(bus);
-                    // Bounded so that a dropped monitor is noticed.
-                    thread::park_timeout(Duration::from_millis(500));
+                    // Bounded: notices a dropped monitor, and caps the delay
+                    // if a wake-up raced with falling asleep (publishers
+                    // check the flag with a relaxed load, to stay cheap).
+                    thread::park_timeout(IDLE_PARK);
                     idle = 0;
                 } else {
                     drop(bus);

@@ -210,6 +210,10 @@ impl WithPipeline {
 pub struct PerfmonLayer<S> {
     inner: Arc<Inner>,
     callsites: Callsites,
+    /// Open agent spans whose busy time is tracked. While it is zero,
+    /// `on_enter`/`on_exit` return before looking the span up, so sync
+    /// agents and unrelated spans pay nothing for busy tracking.
+    busy_open: AtomicUsize,
     with_pipeline: WithPipeline,
     _subscriber: PhantomData<fn(S)>,
 }
@@ -228,6 +232,7 @@ where
         PerfmonLayer {
             inner,
             callsites: Callsites::new(),
+            busy_open: AtomicUsize::new(0),
             with_pipeline: WithPipeline(Self::pipeline_of),
             _subscriber: PhantomData,
         }
@@ -285,6 +290,9 @@ where
             None => Ticket::Late,
         };
         entry.run_started();
+        if !sync {
+            self.busy_open.fetch_add(1, Ordering::Relaxed);
+        }
         inner.publish(pipeline.as_ref().map(|p| Arc::clone(&p.id)), start, || {
             EventKind::AgentStarted {
                 agent: Arc::clone(&entry.name),
@@ -315,14 +323,12 @@ where
         let inner = &self.inner;
         let end = inner.now();
         let duration = end.saturating_duration_since(data.start);
+        if data.busy.is_some() {
+            self.busy_open.fetch_sub(1, Ordering::Relaxed);
+        }
         let busy = data.busy.and_then(|b| b.entered.then_some(b.total));
         let outcome = data.outcome.unwrap_or_default();
         data.entry.run_finished(duration, &outcome);
-        let c = &inner.counters;
-        c.agent_runs.fetch_add(1, Ordering::Relaxed);
-        if outcome.is_failure() {
-            c.agent_failures.fetch_add(1, Ordering::Relaxed);
-        }
         if let Some(pipeline) = &data.pipeline {
             pipeline.close_run(data.ticket, &data.entry.name, duration, busy, &outcome);
         }
@@ -467,6 +473,9 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if self.busy_open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let Some(span) = ctx.span(id) else { return };
         if self.kind(span.metadata()) != Some(Kind::Agent) {
             return;
@@ -482,6 +491,9 @@ where
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        if self.busy_open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let Some(span) = ctx.span(id) else { return };
         if self.kind(span.metadata()) != Some(Kind::Agent) {
             return;

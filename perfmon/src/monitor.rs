@@ -202,14 +202,22 @@ impl Monitor {
         let inner = &self.inner;
         let c = &inner.counters;
         let finished = c.pipelines_finished.load(Ordering::Relaxed);
+        // Summed per agent here (cold path) rather than kept in global
+        // counters that every run on every thread would have to bump.
+        let (agent_runs_total, agent_failures_total) = inner
+            .agents
+            .entries()
+            .iter()
+            .map(|e| e.counts())
+            .fold((0, 0), |(r, f), (er, ef)| (r + er, f + ef));
         let total_ns = c.pipeline_nanos_total.load(Ordering::Relaxed);
         Overview {
             uptime: inner.now().saturating_duration_since(inner.base),
             pipelines_total: c.pipelines_total.load(Ordering::Relaxed),
             pipelines_active: lock(&inner.active).len() as u64,
             pipelines_failed: c.pipelines_failed.load(Ordering::Relaxed),
-            agent_runs_total: c.agent_runs.load(Ordering::Relaxed),
-            agent_failures_total: c.agent_failures.load(Ordering::Relaxed),
+            agent_runs_total,
+            agent_failures_total,
             avg_pipeline_duration: Duration::from_nanos(
                 total_ns.checked_div(finished).unwrap_or(0),
             ),

@@ -6,13 +6,13 @@
 //! mutex, held for a few nanoseconds per finished run: runs of different
 //! agents never contend, and no lock is shared by all spans.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::metrics::AgentMetrics;
@@ -100,8 +100,6 @@ pub(crate) struct Counters {
     pub(crate) pipelines_finished: AtomicU64,
     pub(crate) pipelines_failed: AtomicU64,
     pub(crate) pipeline_nanos_total: AtomicU64,
-    pub(crate) agent_runs: AtomicU64,
-    pub(crate) agent_failures: AtomicU64,
     pub(crate) agents_overflowed: AtomicU64,
 }
 
@@ -169,6 +167,12 @@ impl AgentEntry {
         self.metrics.record(duration, outcome);
     }
 
+    /// (runs, failures) so far.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
+        (cell.runs, cell.failures)
+    }
+
     pub(crate) fn stats(&self) -> AgentStats {
         let cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
         let runs = cell.runs;
@@ -219,11 +223,12 @@ fn nanos_to_duration(ns: u128) -> Duration {
 /// The name runs are filed under once `max_agents` distinct names exist.
 pub(crate) const OVERFLOW_AGENT: &str = "(other)";
 
-/// Agent name → entry. Reads are lock-free (`ArcSwap::load`); inserting a new
-/// name copies the map under a writer lock, which happens once per name.
+/// Agent name → entry. Reads are lock-free (`ArcSwap::load`, then an FxHash
+/// lookup: names come from the program, not from untrusted input); inserting
+/// a new name copies the map under a writer lock, once per name.
 #[derive(Debug)]
 pub(crate) struct AgentTable {
-    map: ArcSwap<HashMap<Arc<str>, Arc<AgentEntry>>>,
+    map: ArcSwap<FxHashMap<Arc<str>, Arc<AgentEntry>>>,
     writer: Mutex<()>,
     max_agents: usize,
     metrics_enabled: bool,
@@ -232,7 +237,7 @@ pub(crate) struct AgentTable {
 impl AgentTable {
     pub(crate) fn new(max_agents: usize, metrics_enabled: bool) -> Self {
         AgentTable {
-            map: ArcSwap::from_pointee(HashMap::new()),
+            map: ArcSwap::from_pointee(FxHashMap::default()),
             writer: Mutex::new(()),
             max_agents,
             metrics_enabled,
@@ -262,7 +267,7 @@ impl AgentTable {
             Arc::<str>::from(name)
         };
         let entry = Arc::new(AgentEntry::new(Arc::clone(&key), self.metrics_enabled));
-        let mut next = HashMap::clone(&current);
+        let mut next = FxHashMap::clone(&current);
         next.insert(key, Arc::clone(&entry));
         self.map.store(Arc::new(next));
         entry

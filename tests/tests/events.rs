@@ -268,3 +268,30 @@ fn error_events_inside_agents_are_streamed() {
     let json = serde_json::to_value(error).expect("serializable");
     assert_eq!(json["data"]["message"], "compilation failed file=main.rs");
 }
+
+#[test]
+fn the_process_sampler_streams_state_updates() {
+    let (monitor, _g) = install(Monitor::builder().process_sampler(Duration::from_millis(100)));
+    let mut sub = monitor.subscribe();
+    let _pipeline = monitor.start_pipeline("sampled");
+    let events = drain(&mut sub, |e| e.type_name() == "state_update");
+    let Some(EventKind::StateUpdate {
+        rss_bytes,
+        threads,
+        pipelines_active,
+        cpu_percent,
+    }) = events.last().map(|e| &e.kind)
+    else {
+        panic!("no state_update")
+    };
+    assert!(
+        *rss_bytes > 1024 * 1024,
+        "a test process uses more than 1 MiB: {rss_bytes}"
+    );
+    assert!(
+        *threads >= 2,
+        "the test thread and the sampler at least: {threads}"
+    );
+    assert_eq!(*pipelines_active, 1);
+    assert!(cpu_percent.is_finite() && *cpu_percent >= 0.0);
+}

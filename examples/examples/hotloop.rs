@@ -1,0 +1,81 @@
+//! A tight loop of agent runs, for counting instructions with callgrind: a
+//! repeatable measure of per-call overhead on a noisy machine.
+//!
+//! ```text
+//! cargo build --release --example hotloop
+//! valgrind --tool=callgrind target/release/examples/hotloop MODE 200000
+//!
+//! valgrind --tool=callgrind target/release/examples/hotloop MODE 400000
+//! ```
+//!
+//! The difference between the two totals, divided by 200,000, is the
+//! per-run count without the program's fixed start-up cost.
+//!
+//! MODE: `registry` (a bare span, Registry only: the baseline), `perfmon`
+//! (`perfmon::agent` with the layer), `pipeline` (the same inside one
+//! pipeline), `none` (`perfmon::agent` with no subscriber). See BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use tracing::field::Empty;
+use tracing_subscriber::prelude::*;
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_else(|| "perfmon".into());
+    let runs: u32 = match std::env::args().nth(2).map(|n| n.parse()) {
+        None => 200_000,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            eprintln!("the run count must be a whole number");
+            std::process::exit(2);
+        }
+    };
+    let monitor = perfmon::Monitor::builder().metrics(false).build();
+    // Only built in the modes that use it: creating any dispatcher changes
+    // how disabled callsites are checked, which would skew `none`.
+    let with_layer =
+        || tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
+    match mode.as_str() {
+        "registry" => {
+            let registry = tracing::Dispatch::new(tracing_subscriber::registry());
+            tracing::dispatcher::with_default(&registry, || {
+                for _ in 0..runs {
+                    let span = tracing::info_span!(
+                        target: "perfmon",
+                        "agent",
+                        perfmon.agent = "geometry",
+                        perfmon.sync = Empty,
+                        perfmon.outcome = Empty,
+                        perfmon.error = Empty,
+                    );
+                    drop(black_box(span.entered()));
+                }
+            });
+        }
+        "perfmon" => tracing::dispatcher::with_default(&with_layer(), || {
+            for _ in 0..runs {
+                drop(black_box(perfmon::agent("geometry")));
+            }
+        }),
+        "pipeline" => tracing::dispatcher::with_default(&with_layer(), || {
+            let pipeline = monitor.start_pipeline("loop");
+            for _ in 0..runs {
+                drop(black_box(perfmon::agent("geometry")));
+            }
+            drop(pipeline);
+        }),
+        "none" => {
+            for _ in 0..runs {
+                drop(black_box(perfmon::agent("geometry")));
+            }
+        }
+        other => {
+            eprintln!("unknown mode {other:?}: registry | perfmon | pipeline | none");
+            std::process::exit(2);
+        }
+    }
+    println!(
+        "{mode}: {} agent runs recorded",
+        monitor.overview().agent_runs_total
+    );
+}
