@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use perfmon::{Monitor, TrackAgentExt};
+use tracing::Instrument;
 use tracing_subscriber::prelude::*;
 
 struct Args {
@@ -63,7 +64,7 @@ impl Jitter {
     }
 }
 
-/// An agent that works in steps, reporting progress and a thought or two.
+/// Works in steps, reporting progress.
 async fn work(stages: &[&str], total: Duration) {
     let step = total / stages.len() as u32;
     for (i, stage) in stages.iter().enumerate() {
@@ -74,6 +75,34 @@ async fn work(stages: &[&str], total: Duration) {
         tokio::time::sleep(step).await;
     }
     perfmon::progress!(percent = 100.0, stage = "done");
+}
+
+/// Agents are plain functions with `#[perfmon::track_agent]`.
+#[perfmon::track_agent]
+async fn geometry(time: Duration) {
+    work(&["parse", "mesh", "refine"], time).await;
+}
+
+#[perfmon::track_agent]
+async fn physics() {
+    perfmon::thought!("coarse mesh first, then refine where the residual is high");
+    work(
+        &["assemble", "solve", "iterate", "converge"],
+        Duration::from_millis(1_300),
+    )
+    .await;
+}
+
+#[perfmon::track_agent]
+async fn materials(time: Duration) {
+    work(&["lookup", "fit"], time).await;
+}
+
+/// An `Err` marks the run failed, with the error's `Display` text.
+#[perfmon::track_agent(name = "codegen")]
+async fn generate_code(n: u64, time: Duration, fails: bool) -> Result<(), CodegenError> {
+    work(&["emit", "compile"], time).await;
+    if fails { Err(CodegenError(n)) } else { Ok(()) }
 }
 
 #[derive(Debug)]
@@ -99,39 +128,22 @@ async fn pipeline(n: u64, jitter: &mut Jitter) -> Result<(), CodegenError> {
     })
     .await;
 
-    // Parallel agents on other tasks: tracked futures carry the pipeline with them.
-    let geometry = tokio::spawn(
-        work(&["parse", "mesh", "refine"], jitter.ms(450, 150)).track_agent("geometry"),
-    );
-    let physics = tokio::spawn(
-        async {
-            perfmon::thought!("coarse mesh first, then refine where the residual is high");
-            work(
-                &["assemble", "solve", "iterate", "converge"],
-                Duration::from_millis(1_300),
-            )
-            .await;
-        }
-        .track_agent("physics"),
-    );
-    let materials =
-        tokio::spawn(work(&["lookup", "fit"], jitter.ms(300, 100)).track_agent("materials"));
-    for task in [geometry, physics, materials] {
+    // Parallel agents on other tasks. A tracked function's span is made when
+    // its future is first polled (as with #[tracing::instrument]), so spawn
+    // it `.in_current_span()` to keep it in this pipeline.
+    let tasks = [
+        tokio::spawn(geometry(jitter.ms(450, 150)).in_current_span()),
+        tokio::spawn(physics().in_current_span()),
+        tokio::spawn(materials(jitter.ms(300, 100)).in_current_span()),
+    ];
+    for task in tasks {
         let _ = task.await;
     }
 
-    let codegen: Result<(), CodegenError> = async {
-        work(&["emit", "compile"], jitter.ms(250, 100)).await;
-        if jitter.next().is_multiple_of(4) {
-            Err(CodegenError(n))
-        } else {
-            Ok(())
-        }
-    }
-    .track_agent_result("codegen")
-    .await;
-    codegen?;
+    let fails = jitter.next().is_multiple_of(4);
+    generate_code(n, jitter.ms(250, 100), fails).await?;
 
+    // The extension trait works on any future, without an attribute.
     work(&["review"], jitter.ms(150, 80))
         .track_agent("reviewer")
         .await;

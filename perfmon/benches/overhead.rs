@@ -36,6 +36,30 @@ fn tracked() {
     drop(guard);
 }
 
+#[inline(never)]
+fn plain_call(a: u64, b: u64) -> u64 {
+    a.wrapping_mul(b) ^ 0x5bd1
+}
+
+#[perfmon::track_agent]
+#[inline(never)]
+fn tracked_call(a: u64, b: u64) -> u64 {
+    a.wrapping_mul(b) ^ 0x5bd1
+}
+
+/// `#[track_agent]` with no subscriber, next to the same function untracked.
+/// Runs first: before any dispatcher exists in the process.
+fn macro_no_subscriber(c: &mut Criterion) {
+    let mut group = c.benchmark_group("macro_no_subscriber");
+    group.bench_function("plain_fn (baseline)", |b| {
+        b.iter(|| plain_call(black_box(3), black_box(5)))
+    });
+    group.bench_function("track_agent_fn", |b| {
+        b.iter(|| tracked_call(black_box(3), black_box(5)))
+    });
+    group.finish();
+}
+
 fn sync_agent(c: &mut Criterion) {
     // A real recorder, so that the metrics handles do work: Prometheus's.
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -149,5 +173,5 @@ fn async_agent(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sync_agent, async_agent);
+criterion_group!(benches, macro_no_subscriber, sync_agent, async_agent);
 criterion_main!(benches);

@@ -443,6 +443,9 @@ pin_project! {
         inner: F,
         span: Span,
         error_of: fn(&F::Output) -> Option<String>,
+        // Set for the pipeline futures of `#[track_pipeline]`: completing
+        // records an outcome, which ends the pipeline in the layer.
+        ends_pipeline: bool,
         done: bool,
     }
 
@@ -475,10 +478,20 @@ impl<F: Future> TrackedAgent<F> {
             perfmon.outcome = Empty,
             perfmon.error = Empty,
         );
+        Self::from_span(span, inner, error_of, false)
+    }
+
+    pub(crate) fn from_span(
+        span: Span,
+        inner: F,
+        error_of: fn(&F::Output) -> Option<String>,
+        ends_pipeline: bool,
+    ) -> Self {
         TrackedAgent {
             inner,
             span,
             error_of,
+            ends_pipeline,
             done: false,
         }
     }
@@ -499,8 +512,17 @@ impl<F: Future> Future for TrackedAgent<F> {
             std::task::ready!(this.inner.poll(cx))
         };
         *this.done = true;
-        if let Some(error) = (this.error_of)(&output) {
+        let error = (this.error_of)(&output);
+        if let Some(error) = &error {
             this.span.record(ERROR_FIELD, error.as_str());
+        }
+        if *this.ends_pipeline {
+            let outcome = if error.is_some() {
+                "failed"
+            } else {
+                "succeeded"
+            };
+            this.span.record(OUTCOME_FIELD, outcome);
         }
         Poll::Ready(output)
     }

@@ -23,14 +23,47 @@
 //!
 //! # Usage
 //!
+//! Put `#[perfmon::track_agent]` on the functions your agents run, and
+//! `#[perfmon::track_pipeline(id = ..)]` on the one that runs a pipeline:
+//!
 //! ```
 //! use tracing_subscriber::prelude::*;
+//!
+//! # #[derive(Debug)] struct MeshError;
+//! # impl std::fmt::Display for MeshError {
+//! #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("no mesh") }
+//! # }
+//! #[perfmon::track_agent]                        // named after the function
+//! fn planner(cells: u32) -> u32 { cells / 2 }
+//!
+//! #[perfmon::track_agent(name = "geo")]
+//! fn geometry(cells: u32) -> Result<u32, MeshError> {   // Err => failed, with its Display
+//!     if cells == 0 { Err(MeshError) } else { Ok(cells * 8) }
+//! }
+//!
+//! #[perfmon::track_pipeline(id = format!("proj_{id}"))]
+//! fn run(id: u32) -> Result<u32, MeshError> {
+//!     geometry(planner(1200))
+//! }
 //!
 //! let monitor = perfmon::Monitor::new();
 //! # let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(monitor.layer()));
 //! # #[cfg(any())]
 //! tracing_subscriber::registry().with(monitor.layer()).init();
 //!
+//! run(7).unwrap();
+//! let report = monitor.pipeline("proj_7").unwrap();
+//! assert_eq!(report.agents.len(), 2);
+//! println!("{report}");                          // runs, bottlenecks, critical path
+//! ```
+//!
+//! `async fn`s, methods, generics and `#[async_trait]` work the same; see
+//! [`macro@track_agent`]. Without the attribute, use guards:
+//!
+//! ```
+//! # use tracing_subscriber::prelude::*;
+//! let monitor = perfmon::Monitor::new();
+//! # let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(monitor.layer()));
 //! let pipeline = monitor.start_pipeline("proj_123");
 //! {
 //!     let _agent = perfmon::agent("geometry");
@@ -42,7 +75,6 @@
 //!
 //! assert_eq!(report.agents.len(), 2);
 //! assert_eq!(report.agents[1].outcome.error(), Some("mesh did not converge"));
-//! println!("{report}");
 //! let stats = monitor.agent("geometry").unwrap();
 //! assert_eq!(stats.runs, 1);
 //! ```
@@ -98,6 +130,8 @@ pub use layer::{
     SYNC_FIELD, THOUGHT_TARGET,
 };
 pub use monitor::{DEFAULT_BOTTLENECK_THRESHOLD, MockClock, Monitor, MonitorBuilder};
+#[cfg(feature = "macros")]
+pub use perfmon_macros::{track_agent, track_pipeline};
 pub use record::{
     AgentRun, AggregatedRuns, Bottleneck, Outcome, PipelineReport, PipelineSnapshot, Progress,
 };
@@ -182,6 +216,4 @@ macro_rules! thought {
 }
 
 #[doc(hidden)]
-pub mod __private {
-    pub use tracing;
-}
+pub mod __private;

@@ -1,0 +1,93 @@
+//! Support for the expansions of `#[track_agent]` and `#[track_pipeline]`.
+//! Not public API: names here may change in any release.
+
+use std::fmt::Display;
+use std::future::Future;
+
+pub use tracing;
+use tracing::Span;
+use tracing::span::EnteredSpan;
+
+use crate::guard::TrackedAgent;
+use crate::layer::{ERROR_FIELD, OUTCOME_FIELD};
+
+/// The error text of an `Err`, for `Result`-returning functions.
+#[inline]
+pub fn err_text<T, E: Display>(result: &Result<T, E>) -> Option<String> {
+    result.as_ref().err().map(ToString::to_string)
+}
+
+/// For functions whose output is not a `Result`: never an error.
+#[inline]
+pub fn no_err<T>(_: &T) -> Option<String> {
+    None
+}
+
+/// Drives an `async fn` body inside its agent (or pipeline) span.
+#[inline]
+pub fn track_future<F: Future>(
+    span: Span,
+    future: F,
+    error_of: fn(&F::Output) -> Option<String>,
+    ends_pipeline: bool,
+) -> TrackedAgent<F> {
+    TrackedAgent::from_span(span, future, error_of, ends_pipeline)
+}
+
+/// A synchronous function's span, entered for the duration of the call.
+#[derive(Debug)]
+#[must_use = "the scope ends the run when dropped"]
+pub struct SyncScope {
+    span: EnteredSpan,
+    ends_pipeline: bool,
+    done: bool,
+}
+
+impl SyncScope {
+    /// Enters `span`.
+    #[inline]
+    pub fn enter(span: Span, ends_pipeline: bool) -> Self {
+        SyncScope {
+            span: span.entered(),
+            ends_pipeline,
+            done: false,
+        }
+    }
+
+    /// Records the outcome of the call's output, through `error_of`.
+    #[inline]
+    pub fn finish<T>(mut self, output: &T, error_of: fn(&T) -> Option<String>) {
+        self.done = true;
+        if self.span.is_disabled() {
+            return;
+        }
+        let error = error_of(output);
+        if let Some(error) = &error {
+            self.span.record(ERROR_FIELD, error.as_str());
+        }
+        if self.ends_pipeline {
+            self.span.record(
+                OUTCOME_FIELD,
+                if error.is_some() {
+                    "failed"
+                } else {
+                    "succeeded"
+                },
+            );
+        }
+    }
+}
+
+impl Drop for SyncScope {
+    #[inline]
+    fn drop(&mut self) {
+        if self.done || self.span.is_disabled() {
+            return;
+        }
+        if std::thread::panicking() {
+            self.span.record(OUTCOME_FIELD, "panicked");
+        } else if self.ends_pipeline {
+            self.span.record(OUTCOME_FIELD, "succeeded");
+        }
+    }
+}

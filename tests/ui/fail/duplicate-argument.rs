@@ -1,0 +1,4 @@
+#[perfmon::track_agent(name = "a", name = "b")]
+fn geometry() {}
+
+fn main() {}

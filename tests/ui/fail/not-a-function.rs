@@ -1,0 +1,4 @@
+#[perfmon::track_agent]
+struct Geometry;
+
+fn main() {}

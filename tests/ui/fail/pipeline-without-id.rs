@@ -1,0 +1,4 @@
+#[perfmon::track_pipeline]
+fn run() {}
+
+fn main() {}

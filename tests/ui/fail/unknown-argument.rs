@@ -1,0 +1,4 @@
+#[perfmon::track_agent(nmae = "geometry")]
+fn geometry() {}
+
+fn main() {}
