@@ -1,1 +1,39 @@
-//! A reusable WebSocket fan-out sidecar for perfmon. The server lands with the live-stream issue.
+//! A reusable real-time fan-out server for JSON events, on tokio and
+//! tokio-tungstenite (through axum), with resume, filters, backpressure and
+//! limits. It knows nothing of perfmon's types: the host publishes
+//! already-encoded [`Item`]s and answers snapshot and HTTP requests through
+//! a [`Backend`]. perfmon's feature `ws` plugs a `Monitor` into it.
+//!
+//! # Core concepts
+//!
+//! - [`Hub`]: a replay ring of the last N items and one bounded queue per
+//!   connection. Each item is encoded once and its bytes shared.
+//! - [`Server`]: HTTP and WebSocket on one port; one writer task per
+//!   connection batches what arrived within a short window into one frame.
+//! - Protocol `perfmon.v1` ([`protocol`]): see PROTOCOL.md for every message.
+//!
+//! # Usage
+//!
+//! ```no_run
+//! # async fn run(backend: std::sync::Arc<dyn perfmon_ws::Backend>) -> Result<(), perfmon_ws::Error> {
+//! use perfmon_ws::{Config, Priority, Server, item};
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| perfmon_ws::Error::Bind {
+//!     addr: "127.0.0.1:0".into(),
+//!     source: e,
+//! })?;
+//! let server = Server::start(listener, Config::default(), backend)?;
+//! server.hub().publish(item(1, Some("proj_1".into()), "agent_completed".into(), None, Priority::High,
+//!     r#"{"type":"agent_completed","seq":1}"#.to_owned()));
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod hub;
+pub mod protocol;
+mod server;
+mod stats;
+
+pub use auth::{Access, AuthError, Authorizer, BearerToken};
+pub use hub::{Dropped, Filter, Hub, Item, Priority, Replay};
+pub use server::{Backend, Config, Error, Reply, Server, ServerInfo, item};
+pub use stats::{Stats, StatsSnapshot};
