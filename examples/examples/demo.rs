@@ -19,10 +19,14 @@ use tracing_subscriber::prelude::*;
 
 struct Args {
     pipelines: Option<u64>,
+    bind: String,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { pipelines: None };
+    let mut args = Args {
+        pipelines: None,
+        bind: perfmon::ws::DEFAULT_BIND.to_owned(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -35,10 +39,16 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("--pipelines needs a whole number, got {n:?}"))?;
                 args.pipelines = Some(n);
             }
+            "--bind" => {
+                args.bind = it
+                    .next()
+                    .ok_or("--bind needs an address, e.g. --bind 127.0.0.1:0")?;
+            }
             "-h" | "--help" => {
                 return Err(
-                    "usage: demo [--pipelines N]\n  runs simulated agent pipelines until Ctrl-C, \
-                            or N of them"
+                    "usage: demo [--pipelines N] [--bind ADDR]\n  runs simulated agent pipelines \
+                            until Ctrl-C, or N of them, with the live sidecar on ADDR \
+                            (default 127.0.0.1:9464; port 0 picks a free port)"
                         .into(),
                 );
             }
@@ -164,7 +174,22 @@ async fn main() -> ExitCode {
         .build();
     tracing_subscriber::registry().with(monitor.layer()).init();
 
+    let sidecar = match perfmon::ws::Sidecar::builder()
+        .bind(&args.bind)
+        .serve(&monitor)
+    {
+        Ok(sidecar) => sidecar,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(1);
+        }
+    };
     println!("perfmon demo: simulated agent pipelines; Ctrl-C to stop");
+    println!("Dashboard: {}", sidecar.url());
+    println!(
+        "Try:       curl -s {}api/performance/overview",
+        sidecar.url()
+    );
     let run = async {
         let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15);
         let mut n = 0;
@@ -184,6 +209,7 @@ async fn main() -> ExitCode {
         _ = tokio::signal::ctrl_c() => println!("\nstopping"),
     }
     print_slowest(&monitor);
+    sidecar.shutdown();
     let overview = monitor.overview();
     println!(
         "\n{} pipelines ({} failed), {} agent runs, mean pipeline {:.2?}",

@@ -53,8 +53,8 @@ impl<'a> Access<'a> {
     }
 }
 
-/// Decodes `%XX` escapes and `+` in a query value.
-fn percent_decode(value: &str) -> String {
+/// Decodes `%XX` escapes and `+` in a URL query value or path segment.
+pub fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

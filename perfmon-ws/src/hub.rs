@@ -246,7 +246,8 @@ pub struct Hub {
 
 impl Hub {
     /// A hub keeping the last `ring_capacity` items for replay.
-    pub fn new(ring_capacity: usize, stats: Arc<Stats>) -> Self {
+    pub fn new(ring_capacity: usize) -> Self {
+        let stats = Arc::new(Stats::default());
         Hub {
             ring: Mutex::new(VecDeque::with_capacity(ring_capacity.min(16_384))),
             ring_capacity: ring_capacity.max(1),
@@ -319,6 +320,11 @@ impl Hub {
 
     pub(crate) fn detach(&self, queue: &Arc<Queue>) {
         lock(&self.queues).retain(|q| !Arc::ptr_eq(q, queue));
+    }
+
+    /// The server's counters right now.
+    pub fn stats_snapshot(&self) -> crate::stats::StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// Connections attached now.

@@ -16,12 +16,13 @@
 //!
 //! ```no_run
 //! # async fn run(backend: std::sync::Arc<dyn perfmon_ws::Backend>) -> Result<(), perfmon_ws::Error> {
-//! use perfmon_ws::{Config, Priority, Server, item};
+//! use perfmon_ws::{Config, Hub, Priority, Server, item};
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| perfmon_ws::Error::Bind {
 //!     addr: "127.0.0.1:0".into(),
 //!     source: e,
 //! })?;
-//! let server = Server::start(listener, Config::default(), backend)?;
+//! let hub = std::sync::Arc::new(Hub::new(10_000));
+//! let server = Server::start(listener, Config::default(), backend, hub)?;
 //! server.hub().publish(item(1, Some("proj_1".into()), "agent_completed".into(), None, Priority::High,
 //!     r#"{"type":"agent_completed","seq":1}"#.to_owned()));
 //! # Ok(()) }
@@ -33,7 +34,7 @@ pub mod protocol;
 mod server;
 mod stats;
 
-pub use auth::{Access, AuthError, Authorizer, BearerToken};
+pub use auth::{Access, AuthError, Authorizer, BearerToken, percent_decode};
 pub use hub::{Dropped, Filter, Hub, Item, Priority, Replay};
 pub use server::{Backend, Config, Error, Reply, Server, ServerInfo, item};
 pub use stats::{Stats, StatsSnapshot};

@@ -16,31 +16,11 @@ pub enum Command {
         #[serde(default)]
         id: Option<u64>,
     },
-    /// Narrow what this connection receives (all lists optional; each list
-    /// given replaces the previous one; empty = all).
-    Subscribe {
-        /// Pipeline ids (topics).
-        #[serde(default)]
-        pipelines: Option<Vec<String>>,
-        /// Event types, e.g. `"agent_completed"`.
-        #[serde(default)]
-        types: Option<Vec<String>>,
-        /// Agent names.
-        #[serde(default)]
-        agents: Option<Vec<String>>,
-    },
+    /// Narrow what this connection receives: each list given replaces the
+    /// previous one (empty = all).
+    Subscribe(Lists),
     /// Remove entries from the lists set by `subscribe`.
-    Unsubscribe {
-        /// Pipeline ids to stop receiving.
-        #[serde(default)]
-        pipelines: Option<Vec<String>>,
-        /// Types to stop receiving.
-        #[serde(default)]
-        types: Option<Vec<String>>,
-        /// Agents to stop receiving.
-        #[serde(default)]
-        agents: Option<Vec<String>>,
-    },
+    Unsubscribe(Lists),
     /// Send again every event after `since` that is still in the ring.
     Replay {
         /// The last seq the client has.
@@ -54,6 +34,21 @@ pub enum Command {
         #[serde(default)]
         pipeline: Option<String>,
     },
+}
+
+/// The filter lists of `subscribe` / `unsubscribe`; each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lists {
+    /// Pipeline ids (topics).
+    #[serde(default)]
+    pub pipelines: Option<Vec<String>>,
+    /// Event types, e.g. `"agent_completed"`.
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    /// Agent names.
+    #[serde(default)]
+    pub agents: Option<Vec<String>>,
 }
 
 /// Error codes of the `error` message.
@@ -140,11 +135,11 @@ mod tests {
             serde_json::from_str(r#"{"type":"subscribe","types":["agent_completed"]}"#).unwrap();
         assert_eq!(
             c,
-            Command::Subscribe {
+            Command::Subscribe(Lists {
                 pipelines: None,
                 types: Some(vec!["agent_completed".into()]),
                 agents: None
-            }
+            })
         );
         assert_eq!(
             serde_json::from_str::<Command>(r#"{"type":"replay","since":5}"#).unwrap(),

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Access, Authorizer};
 use crate::hub::{Filter, Hub, Item, Queue};
-use crate::protocol::{self, Command, close, codes};
+use crate::protocol::{self, Command, Lists, close, codes};
 use crate::stats::Stats;
 
 /// What the host application serves besides the stream: snapshots and
@@ -195,10 +195,14 @@ impl Server {
     /// # Errors
     ///
     /// [`Error::Bind`] if the listener cannot be used by tokio.
+    ///
+    /// `hub` holds the replay ring: pass the same hub to a restarted server
+    /// and clients resume across the restart.
     pub fn start(
         listener: std::net::TcpListener,
         config: Config,
         backend: Arc<dyn Backend>,
+        hub: Arc<Hub>,
     ) -> Result<Server, Error> {
         let name = format!("{:?}", listener.local_addr().ok());
         let bind_err = |source| Error::Bind {
@@ -208,8 +212,6 @@ impl Server {
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
-        let stats = Arc::new(Stats::default());
-        let hub = Arc::new(Hub::new(config.ring_capacity, stats));
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             hub: Arc::clone(&hub),
@@ -697,11 +699,11 @@ fn handle_command(
     };
     let replies = match command {
         Command::Ping { id } => vec![protocol::pong(id)],
-        Command::Subscribe {
+        Command::Subscribe(Lists {
             pipelines,
             types,
             agents,
-        } => {
+        }) => {
             queue.update_filter(|f| {
                 if let Some(p) = pipelines {
                     f.topics = p;
@@ -715,11 +717,11 @@ fn handle_command(
             });
             vec![subscribed(&queue.filter())]
         }
-        Command::Unsubscribe {
+        Command::Unsubscribe(Lists {
             pipelines,
             types,
             agents,
-        } => {
+        }) => {
             queue.update_filter(|f| {
                 let remove = |list: &mut Vec<String>, gone: Option<Vec<String>>| {
                     if let Some(gone) = gone {

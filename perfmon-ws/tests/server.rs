@@ -33,7 +33,8 @@ impl Backend for TestBackend {
 
 fn start(config: Config) -> Server {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    Server::start(listener, config, Arc::new(TestBackend)).unwrap()
+    let hub = Arc::new(perfmon_ws::Hub::new(config.ring_capacity));
+    Server::start(listener, config, Arc::new(TestBackend), hub).unwrap()
 }
 
 async fn connect(server: &Server, path: &str) -> Ws {

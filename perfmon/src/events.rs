@@ -402,7 +402,7 @@ pub(crate) fn spawn_exporter(
 }
 
 impl Subscription {
-    fn recv_blocking_until_closed(&mut self) -> Option<Event> {
+    pub(crate) fn recv_blocking_until_closed(&mut self) -> Option<Event> {
         loop {
             match self.receiver.blocking_recv() {
                 Ok(event) => return Some(event),

@@ -105,7 +105,8 @@
 //!
 //! - `macros` (default): re-exports the attribute macros from `perfmon-macros`.
 //! - `process`: [`MonitorBuilder::process_sampler`], CPU/RSS/threads of the process.
-//! - `ws`: the WebSocket sidecar from `perfmon-ws`.
+//! - `ws`: [`ws::Sidecar`], the WebSocket sidecar (from `perfmon-ws`): live
+//!   events, REST snapshots and Prometheus text on one port.
 //!
 //! # MSRV
 //!
@@ -122,6 +123,8 @@ mod record;
 #[cfg(feature = "process")]
 mod sampler;
 mod stats;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use events::{Event, EventKind, Exporter, Subscription};
 pub use guard::{AgentGuard, PipelineGuard, TrackAgentExt, TrackedAgent, TrackedPipeline, agent};

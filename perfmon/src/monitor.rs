@@ -70,6 +70,9 @@ pub(crate) struct Inner {
     active: Mutex<HashMap<u64, Arc<PipelineState>>>,
     recent: Mutex<VecDeque<Arc<PipelineReport>>>,
     next_run: AtomicU64,
+    /// The sidecar's replay ring, kept across sidecar restarts (feature `ws`).
+    #[cfg(feature = "ws")]
+    pub(crate) ws_hub: std::sync::OnceLock<Arc<perfmon_ws::Hub>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -520,6 +523,8 @@ impl MonitorBuilder {
             active: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
             next_run: AtomicU64::new(0),
+            #[cfg(feature = "ws")]
+            ws_hub: std::sync::OnceLock::new(),
         });
         let monitor = Monitor { inner };
         #[cfg(feature = "process")]

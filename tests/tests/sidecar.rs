@@ -1,0 +1,249 @@
+//! The `ws` sidecar end to end over loopback: REST answers match the
+//! monitor, the live stream, rooms, and resume across a full restart.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::ms;
+use futures_util::StreamExt;
+use perfmon::ws::Sidecar;
+use perfmon::{MockClock, Monitor};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tracing_subscriber::layer::SubscriberExt;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn dispatch(monitor: &Monitor) -> tracing::Dispatch {
+    tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()))
+}
+
+/// One finished pipeline with a 50% bottleneck, run on a mock clock.
+fn run_pipeline(monitor: &Monitor, clock: &MockClock, id: &str) {
+    tracing::dispatcher::with_default(&dispatch(monitor), || {
+        let pipeline = monitor.start_pipeline(id);
+        {
+            let _a = perfmon::agent("physics");
+            clock.advance(ms(50));
+        }
+        perfmon::agent("codegen").fail("did not compile");
+        clock.advance(ms(50));
+        pipeline.finish();
+    });
+}
+
+async fn get(sidecar: &Sidecar, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(sidecar.local_addr())
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text[9..12].parse().unwrap();
+    (
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    )
+}
+
+async fn get_json(sidecar: &Sidecar, path: &str) -> Value {
+    let (status, body) = get(sidecar, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// Events (batches unpacked) until one satisfies `stop`.
+async fn events_until(ws: &mut Ws, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let v = next_json(ws).await;
+        let list = match v["type"].as_str() {
+            Some("batch") => v["events"].as_array().unwrap().clone(),
+            Some("welcome" | "snapshot" | "resumed") => continue,
+            _ => vec![v],
+        };
+        for e in list {
+            let done = stop(&e);
+            out.push(e);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_endpoints_return_what_the_monitor_says() {
+    let clock = MockClock::new();
+    let monitor = Monitor::builder().mock_clock(&clock).metrics(false).build();
+    run_pipeline(&monitor, &clock, "proj_1");
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    assert_ne!(sidecar.local_addr().port(), 0, "the real port");
+
+    let overview = get_json(&sidecar, "/api/performance/overview").await;
+    assert_eq!(
+        overview,
+        serde_json::to_value(monitor.overview()).unwrap(),
+        "the same numbers as the monitor"
+    );
+    assert_eq!(overview["pipelines_total"], 1);
+    assert_eq!(overview["agent_failures_total"], 1);
+    let recent = get_json(&sidecar, "/api/performance/pipelines/recent?limit=5").await;
+    assert_eq!(recent[0]["id"], "proj_1");
+    let report = get_json(&sidecar, "/api/performance/pipeline/proj_1").await;
+    assert_eq!(
+        report,
+        serde_json::to_value(monitor.pipeline("proj_1").unwrap()).unwrap()
+    );
+    assert_eq!(report["bottlenecks"][0]["agent"], "physics");
+    assert_eq!(report["bottlenecks"][0]["share"], 0.5);
+    assert_eq!(get(&sidecar, "/api/performance/pipeline/nope").await.0, 404);
+    let slowest = get_json(&sidecar, "/api/performance/agents/slowest?limit=1").await;
+    assert_eq!(slowest.as_array().unwrap().len(), 1);
+    assert_eq!(slowest[0]["agent"], "physics");
+    assert_eq!(
+        get_json(&sidecar, "/api/performance/agents")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        get_json(&sidecar, "/api/performance/pipelines/active").await,
+        Value::Array(vec![])
+    );
+    let status = get_json(&sidecar, "/api/performance/websocket/status").await;
+    assert_eq!(status["connections_active"], 0);
+    let (code, metrics) = get(&sidecar, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(r#"perfmon_agent_runs_total{agent="codegen",outcome="failed"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("perfmon_pipelines_total 1"), "{metrics}");
+    assert_eq!(get(&sidecar, "/healthz").await.0, 200);
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_live_and_resume_across_a_sidecar_restart() {
+    let clock = MockClock::new();
+    let monitor = Monitor::builder().mock_clock(&clock).metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let url = format!("ws://{}/ws", sidecar.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+
+    run_pipeline(&monitor, &clock, "first");
+    let got = events_until(&mut ws, |e| e["type"] == "pipeline_completed").await;
+    let seqs: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gap-free from 1"
+    );
+    let last_seen = *seqs.last().unwrap();
+    assert_eq!(
+        got.last().unwrap()["data"]["bottlenecks"][0]["agent"],
+        "physics"
+    );
+
+    // A full restart: the sidecar goes away (clients get 1001), work goes on,
+    // a new sidecar starts on the same monitor, the client resumes.
+    let port = sidecar.local_addr().port();
+    sidecar.shutdown();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => {}
+            other => panic!("expected close, got {other:?}"),
+        }
+    };
+    assert_eq!(closed, 1001);
+    run_pipeline(&monitor, &clock, "while_down");
+    let sidecar = Sidecar::builder()
+        .bind(format!("127.0.0.1:{port}"))
+        .serve(&monitor)
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/ws?since={last_seen}",
+        sidecar.local_addr()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let resumed = next_json(&mut ws).await;
+    assert_eq!(
+        (resumed["type"].as_str(), resumed["recovered"].as_bool()),
+        (Some("resumed"), Some(true))
+    );
+    let got = events_until(&mut ws, |e| e["type"] == "pipeline_completed").await;
+    assert_eq!(
+        got[0]["seq"].as_u64(),
+        Some(last_seen + 1),
+        "nothing missed across the restart"
+    );
+    assert_eq!(got.last().unwrap()["pipeline"], "while_down");
+
+    // A room: only its pipeline, after a snapshot of it.
+    let (mut room, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/while_down", sidecar.local_addr()))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut room).await["type"], "welcome");
+    let snapshot = next_json(&mut room).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["data"]["id"], "while_down");
+    sidecar.shutdown();
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let monitor = Monitor::new();
+    let first = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let err = Sidecar::builder()
+        .bind(first.local_addr().to_string())
+        .serve(&monitor)
+        .unwrap_err();
+    assert!(err.to_string().contains("could not listen"), "{err}");
+    let err = Sidecar::builder()
+        .bind("not an address")
+        .serve(&monitor)
+        .unwrap_err();
+    assert!(err.to_string().contains("is not a socket address"), "{err}");
+}
