@@ -11,6 +11,8 @@
 //! - [`Server`]: HTTP and WebSocket on one port; one writer task per
 //!   connection batches what arrived within a short window into one frame.
 //! - Protocol `perfmon.v1` ([`protocol`]): see PROTOCOL.md for every message.
+//! - [`Client`]: a Rust client that reconnects with backoff and full jitter,
+//!   resumes from the last seq it saw, and reports its [`ConnectionState`].
 //!
 //! # Usage
 //!
@@ -29,12 +31,14 @@
 //! ```
 
 mod auth;
+mod client;
 mod hub;
 pub mod protocol;
 mod server;
 mod stats;
 
 pub use auth::{Access, AuthError, Authorizer, BearerToken, percent_decode};
+pub use client::{Client, ClientBuilder, ConnectionState, Received, SendError};
 pub use hub::{Dropped, Filter, Hub, Item, Priority, Replay};
 pub use server::{Backend, Config, Error, Reply, Server, ServerInfo, item};
 pub use stats::{Stats, StatsSnapshot};
