@@ -479,7 +479,7 @@ async fn connection(
         ping.tick().await;
         let send_timeout = config.stall_limit;
         macro_rules! send {
-            ($msg:expr) => {{
+            ($label:lifetime, $msg:expr) => {{
                 let msg: Message = $msg;
                 let len = match &msg {
                     Message::Text(t) => t.len() as u64,
@@ -495,81 +495,84 @@ async fn connection(
                         stats.message_out(1);
                         stats.bytes_out(len);
                     }
-                    Ok(Err(_)) => break,
+                    Ok(Err(_)) => break $label,
                     Err(_) => {
                         stats.slow_disconnect(1);
-                        break;
+                        break $label;
                     }
                 }
             }};
         }
-        for text in first {
-            send!(Message::Text(text.into()));
-        }
-        loop {
-            tokio::select! {
-                biased;
-                () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
-                    let _ = sink.send(close_frame(close::GOING_AWAY, "server shutting down; resume with ?since=")).await;
-                    break;
-                }
-                control = control_rx.recv() => match control {
-                    Some(Control::Text(text)) => send!(Message::Text(text.into())),
-                    Some(Control::Close(code, reason)) => {
-                        let _ = sink.send(close_frame(code, reason)).await;
+        // Any failed send ends the connection: `send!` breaks out of this block.
+        'conn: {
+            for text in first {
+                send!('conn, Message::Text(text.into()));
+            }
+            loop {
+                tokio::select! {
+                    biased;
+                    () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                        let _ = sink.send(close_frame(close::GOING_AWAY, "server shutting down; resume with ?since=")).await;
                         break;
                     }
-                    None => break,
-                },
-                () = queue.notify.notified() => {
-                    if queue.len() < config.batch_max {
-                        tokio::time::sleep(config.batch_window).await;
-                    }
-                    if queue.stalled_for().is_some_and(|d| d >= config.stall_limit) {
-                        stats.slow_disconnect(1);
-                        let _ = sink.send(close_frame(close::SLOW_CONSUMER, "too slow: reconnect with ?since=")).await;
-                        break;
-                    }
-                    // Replies enqueued before these items (a `resumed` before
-                    // its replay) go first.
-                    let mut closing = None;
-                    while let Ok(control) = control_rx.try_recv() {
-                        match control {
-                            Control::Text(text) => send!(Message::Text(text.into())),
-                            Control::Close(code, reason) => {
-                                closing = Some((code, reason));
+                    control = control_rx.recv() => match control {
+                        Some(Control::Text(text)) => send!('conn, Message::Text(text.into())),
+                        Some(Control::Close(code, reason)) => {
+                            let _ = sink.send(close_frame(code, reason)).await;
+                            break;
+                        }
+                        None => break,
+                    },
+                    () = queue.notify.notified() => {
+                        if queue.len() < config.batch_max {
+                            tokio::time::sleep(config.batch_window).await;
+                        }
+                        if queue.stalled_for().is_some_and(|d| d >= config.stall_limit) {
+                            stats.slow_disconnect(1);
+                            let _ = sink.send(close_frame(close::SLOW_CONSUMER, "too slow: reconnect with ?since=")).await;
+                            break;
+                        }
+                        // Replies enqueued before these items (a `resumed` before
+                        // its replay) go first.
+                        let mut closing = None;
+                        while let Ok(control) = control_rx.try_recv() {
+                            match control {
+                                Control::Text(text) => send!('conn, Message::Text(text.into())),
+                                Control::Close(code, reason) => {
+                                    closing = Some((code, reason));
+                                    break;
+                                }
+                            }
+                        }
+                        if let Some((code, reason)) = closing {
+                            let _ = sink.send(close_frame(code, reason)).await;
+                            break;
+                        }
+                        loop {
+                            let batch = queue.take(config.batch_max);
+                            if let Some(d) = batch.dropped {
+                                send!('conn, Message::Text(protocol::dropped(d.count, d.first_seq, d.last_seq).into()));
+                            }
+                            if batch.items.is_empty() {
+                                break;
+                            }
+                            let now = Instant::now();
+                            for item in &batch.items {
+                                stats.latency(now.duration_since(item.published));
+                            }
+                            let frame = if let [item] = batch.items.as_slice() {
+                                item.json.clone()
+                            } else {
+                                Utf8Bytes::from(protocol::batch(batch.items.iter().map(|i| i.json.as_str())))
+                            };
+                            send!('conn, Message::Text(frame));
+                            if queue.len() == 0 {
                                 break;
                             }
                         }
                     }
-                    if let Some((code, reason)) = closing {
-                        let _ = sink.send(close_frame(code, reason)).await;
-                        break;
-                    }
-                    loop {
-                        let batch = queue.take(config.batch_max);
-                        if let Some(d) = batch.dropped {
-                            send!(Message::Text(protocol::dropped(d.count, d.first_seq, d.last_seq).into()));
-                        }
-                        if batch.items.is_empty() {
-                            break;
-                        }
-                        let now = Instant::now();
-                        for item in &batch.items {
-                            stats.latency(now.duration_since(item.published));
-                        }
-                        let frame = if let [item] = batch.items.as_slice() {
-                            item.json.clone()
-                        } else {
-                            Utf8Bytes::from(protocol::batch(batch.items.iter().map(|i| i.json.as_str())))
-                        };
-                        send!(Message::Text(frame));
-                        if queue.len() == 0 {
-                            break;
-                        }
-                    }
+                    _ = ping.tick() => send!('conn, Message::Ping(bytes::Bytes::new())),
                 }
-                _ = ping.tick() => send!(Message::Ping(bytes::Bytes::new())),
             }
         }
         queue.close();
@@ -581,8 +584,18 @@ async fn connection(
         last: Instant::now(),
         refused_in_a_row: 0,
     };
+    let mut writer = writer;
+    let mut writer_done = false;
     loop {
-        let next = tokio::time::timeout(shared.config.idle_timeout, stream.next()).await;
+        // If the writer ends (slow client cut off, socket error, shutdown),
+        // the connection ends with it.
+        let next = tokio::select! {
+            next = tokio::time::timeout(shared.config.idle_timeout, stream.next()) => next,
+            _ = &mut writer => {
+                writer_done = true;
+                break;
+            }
+        };
         let msg = match next {
             Err(_) => {
                 let _ = control_tx
@@ -649,7 +662,9 @@ async fn connection(
         }
     }
     drop(control_tx);
-    let _ = writer.await;
+    if !writer_done {
+        let _ = writer.await;
+    }
     shared.hub.detach(&queue);
     stats.connection_closed();
 }

@@ -483,3 +483,83 @@ async fn shutdown_closes_every_client_with_1001() {
     assert_eq!(closed_with(&mut b).await, 1001);
     shutdown.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_silent_client_is_closed_with_4001() {
+    let server = start(Config {
+        idle_timeout: Duration::from_millis(300),
+        ..Config::default()
+    });
+    let mut ws = connect(&server, "/ws").await;
+    next_json(&mut ws).await;
+    // Send nothing: no command, no pong (the server's pings are 30 s apart).
+    assert_eq!(closed_with(&mut ws).await, 4001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_counted() {
+    let config = Config {
+        queue_capacity: 16,
+        stall_limit: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let server = start(config);
+    let mut ws = connect(&server, "/ws").await;
+    next_json(&mut ws).await;
+    let big = "y".repeat(16_000);
+    // Never read: socket buffers fill, the queue sheds, the stall limit passes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seq = 0;
+    loop {
+        let status = reqwest_get(&server, "/api/performance/websocket/status")
+            .await
+            .1;
+        if status["slow_disconnects"].as_u64().unwrap() >= 1 {
+            // The close completes right after the count.
+            let mut active = status["connections_active"].as_u64().unwrap();
+            for _ in 0..100 {
+                if active == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                active = reqwest_get(&server, "/api/performance/websocket/status")
+                    .await
+                    .1["connections_active"]
+                    .as_u64()
+                    .unwrap();
+            }
+            assert_eq!(active, 0, "the connection is gone");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never cut off: {status}"
+        );
+        for _ in 0..200 {
+            seq += 1;
+            let body = json!({"type": "event", "seq": seq, "pad": big}).to_string();
+            server
+                .hub()
+                .publish(item(seq, None, "e".into(), None, Priority::Low, body));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reading now: whatever was buffered, then the end (a 4000 close frame,
+    // or a reset if the socket was too full to send one).
+    let mut ended = false;
+    while let Ok(next) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 4000);
+                ended = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended, "the connection ended");
+}
