@@ -114,6 +114,9 @@ struct QueueInner {
     /// Since when the queue has been shedding items without a break.
     stalled_since: Option<Instant>,
     closed: bool,
+    /// The highest seq queued so far: a live item at or below it was
+    /// already replayed, and is skipped (no duplicates, no reordering).
+    high_water: u64,
 }
 
 /// What a writer takes from its queue in one go.
@@ -136,6 +139,7 @@ impl Queue {
                 dropped: Dropped::default(),
                 stalled_since: None,
                 closed: false,
+                high_water: 0,
             }),
             notify: Notify::new(),
             capacity,
@@ -146,7 +150,11 @@ impl Queue {
     /// Returns how many items were shed.
     fn offer(&self, item: &Arc<Item>) -> u64 {
         let mut q = lock(&self.inner);
-        if q.closed || !q.filter.matches(item) {
+        if q.closed || item.seq <= q.high_water {
+            return 0;
+        }
+        q.high_water = item.seq;
+        if !q.filter.matches(item) {
             return 0;
         }
         let mut shed = 0;
@@ -181,9 +189,12 @@ impl Queue {
     /// bounds them.
     pub(crate) fn push_replay(&self, items: impl IntoIterator<Item = Arc<Item>>) {
         let mut q = lock(&self.inner);
-        let filter = q.filter.clone();
-        q.items
-            .extend(items.into_iter().filter(|i| filter.matches(i)));
+        for item in items {
+            q.high_water = q.high_water.max(item.seq);
+            if q.filter.matches(&item) {
+                q.items.push_back(item);
+            }
+        }
         drop(q);
         self.notify.notify_one();
     }
@@ -298,19 +309,28 @@ impl Hub {
         }
     }
 
-    /// Registers a connection queue. Returns it with the replay of
-    /// everything after `since`, taken atomically with registration so that
-    /// nothing is missed or sent twice between the two.
+    /// Registers a connection queue and, with `since`, queues everything
+    /// after it that the ring holds. Returns what was replayed (its `items`
+    /// are already queued).
     pub(crate) fn attach(&self, queue: Arc<Queue>, since: Option<u64>) -> Option<Replay> {
-        // Holding the ring lock while registering orders this against
-        // `publish`, which pushes to the ring before offering to queues.
+        // Under the ring lock: `publish` pushes to the ring (under it) before
+        // offering to queues, and the queue's high-water mark skips what was
+        // replayed here. Every item reaches the queue exactly once, in order.
         let ring = lock(&self.ring);
+        let last = ring.back().map_or(0, |i| i.seq);
         lock(&self.queues).push(Arc::clone(&queue));
-        let since = since?;
+        let Some(since) = since else {
+            // A fresh client starts live: nothing at or before `last`.
+            lock(&queue.inner).high_water = last;
+            return None;
+        };
         let oldest = ring.front().map_or(0, |i| i.seq);
-        let last = ring.back().map_or(since, |i| i.seq);
         let items: Vec<_> = ring.iter().filter(|i| i.seq > since).cloned().collect();
         let recovered = since >= last || ring.front().is_some_and(|first| first.seq <= since + 1);
+        queue.push_replay(items.iter().cloned());
+        let mut q = lock(&queue.inner);
+        q.high_water = q.high_water.max(last).max(since);
+        drop(q);
         Some(Replay {
             items,
             recovered,

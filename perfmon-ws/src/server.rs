@@ -462,8 +462,8 @@ async fn connection(
         );
     }
     if let (Some(since), Some(replay)) = (since, replay) {
+        // The replayed items are already queued, behind these messages.
         first.push(resumed(since, &replay));
-        queue.push_replay(replay.items);
     }
 
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(64);

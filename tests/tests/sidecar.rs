@@ -105,21 +105,27 @@ async fn rest_endpoints_return_what_the_monitor_says() {
         .unwrap();
     assert_ne!(sidecar.local_addr().port(), 0, "the real port");
 
-    let overview = get_json(&sidecar, "/api/performance/overview").await;
+    // Compared as text: the very bytes the monitor's own serialization gives
+    // (parsing floats back may be off by an ulp).
+    let (status, body) = get(&sidecar, "/api/performance/overview").await;
     assert_eq!(
-        overview,
-        serde_json::to_value(monitor.overview()).unwrap(),
-        "the same numbers as the monitor"
+        (status, body),
+        (200, serde_json::to_string(&monitor.overview()).unwrap())
     );
+    let overview = get_json(&sidecar, "/api/performance/overview").await;
     assert_eq!(overview["pipelines_total"], 1);
     assert_eq!(overview["agent_failures_total"], 1);
     let recent = get_json(&sidecar, "/api/performance/pipelines/recent?limit=5").await;
     assert_eq!(recent[0]["id"], "proj_1");
-    let report = get_json(&sidecar, "/api/performance/pipeline/proj_1").await;
+    let (status, body) = get(&sidecar, "/api/performance/pipeline/proj_1").await;
     assert_eq!(
-        report,
-        serde_json::to_value(monitor.pipeline("proj_1").unwrap()).unwrap()
+        (status, body),
+        (
+            200,
+            serde_json::to_string(&monitor.pipeline("proj_1").unwrap()).unwrap()
+        )
     );
+    let report = get_json(&sidecar, "/api/performance/pipeline/proj_1").await;
     assert_eq!(report["bottlenecks"][0]["agent"], "physics");
     assert_eq!(report["bottlenecks"][0]["share"], 0.5);
     assert_eq!(get(&sidecar, "/api/performance/pipeline/nope").await.0, 404);
