@@ -1,0 +1,307 @@
+//! Fan-out load generator for the WebSocket sidecar, with the naive
+//! tokio-tungstenite broadcast (one frame per event, one unbounded channel
+//! per peer) as the baseline, measured in the same run. Loopback only;
+//! bounded in clients and seconds; stops by itself.
+//!
+//! ```text
+//! ulimit -n 65536
+//! cargo run --release --example ws_load -- --clients 1000 --rate 1000 --seconds 5
+//! ```
+//!
+//! For each server: events delivered per second (all clients together),
+//! publish → receive latency p50/p99 over every delivered event, events
+//! lost (gaps in a client's seq), and resident memory per idle connection.
+//! See BENCHMARKS.md.
+
+#![allow(clippy::expect_used)] // a measuring program: a panic is the right report
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use perfmon_ws::{Backend, Config, Hub, Priority, Reply, Server, ServerInfo, item};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Args {
+    clients: usize,
+    rate: u64,
+    seconds: u64,
+    payload: usize,
+    only: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        clients: 100,
+        rate: 1_000,
+        seconds: 5,
+        payload: 200,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--clients" => {
+                args.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
+            }
+            "--rate" => args.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--seconds" => {
+                args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
+            }
+            "--payload" => {
+                args.payload = value()?.parse().map_err(|e| format!("--payload: {e}"))?
+            }
+            "--only" => args.only = Some(value()?),
+            _ => {
+                return Err("usage: ws_load [--clients N] [--rate EVENTS_PER_S] [--seconds S] [--payload BYTES] \
+                            [--only perfmon|naive]"
+                    .into());
+            }
+        }
+    }
+    if args.clients == 0 || args.clients > 10_000 || args.seconds == 0 || args.seconds > 60 {
+        return Err("--clients must be 1..=10000 and --seconds 1..=60 (bounded load)".into());
+    }
+    Ok(args)
+}
+
+struct NoBackend;
+
+impl Backend for NoBackend {
+    fn snapshot(&self, _: Option<&str>) -> Option<serde_json::Value> {
+        None
+    }
+    fn get(&self, _: &str, _: &str, _: &ServerInfo<'_>) -> Option<Reply> {
+        None
+    }
+}
+
+/// Totals across all clients.
+#[derive(Default)]
+struct Tally {
+    delivered: AtomicU64,
+    gaps: AtomicU64,
+    latencies: std::sync::Mutex<Vec<u32>>, // microseconds, sampled
+}
+
+/// Reads `"key":<digits>` occurrences out of a frame without a JSON parser
+/// (the clients must stay cheaper than the server under test).
+fn numbers<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = u64> + 'a {
+    text.match_indices(key).filter_map(move |(i, _)| {
+        let rest = &text[i + key.len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    })
+}
+
+async fn client(url: String, base: Instant, tally: Arc<Tally>, stop: Arc<AtomicU64>) {
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await else {
+        eprintln!("client could not connect to {url}");
+        return;
+    };
+    let mut last_seq = 0u64;
+    let mut samples = Vec::new();
+    while stop.load(Ordering::Relaxed) == 0 {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+        else {
+            continue;
+        };
+        let Message::Text(text) = msg else { continue };
+        let now = base.elapsed().as_micros() as u64;
+        for (seq, t) in numbers(&text, "\"seq\":").zip(numbers(&text, "\"t\":")) {
+            if last_seq != 0 && seq > last_seq + 1 {
+                tally.gaps.fetch_add(seq - last_seq - 1, Ordering::Relaxed);
+            }
+            last_seq = last_seq.max(seq);
+            tally.delivered.fetch_add(1, Ordering::Relaxed);
+            if samples.len() < 20_000 {
+                samples.push(now.saturating_sub(t) as u32);
+            }
+        }
+    }
+    tally
+        .latencies
+        .lock()
+        .expect("not poisoned")
+        .extend(samples);
+    let _ = ws.close(None).await;
+}
+
+/// The baseline: accept, then per peer an unbounded channel and a task
+/// sending one frame per event (the tokio-tungstenite example's pattern).
+async fn naive_server(
+    listener: tokio::net::TcpListener,
+    peers: Arc<std::sync::Mutex<Vec<mpsc::UnboundedSender<Message>>>>,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let peers = Arc::clone(&peers);
+        tokio::spawn(async move {
+            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            let (mut sink, mut stream) = ws.split();
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            peers.lock().expect("not poisoned").push(tx);
+            tokio::spawn(async move { while stream.next().await.is_some() {} });
+            while let Some(msg) = rx.recv().await {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+struct Outcome {
+    name: &'static str,
+    delivered_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    lost: u64,
+    kib_per_idle_conn: f64,
+}
+
+async fn run(args: &Args, naive: bool) -> Outcome {
+    let base = Instant::now();
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = std_listener.local_addr().expect("address");
+    let hub = Arc::new(Hub::new(10_000));
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut server = None;
+    if naive {
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+        tokio::spawn(naive_server(listener, Arc::clone(&peers)));
+    } else {
+        let config = Config {
+            max_connections: 20_000,
+            ..Config::default()
+        };
+        server = Some(
+            Server::start(std_listener, config, Arc::new(NoBackend), Arc::clone(&hub))
+                .expect("server"),
+        );
+    }
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicU64::new(0));
+    let before = rss_bytes();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        tasks.push(tokio::spawn(client(
+            format!("ws://{addr}/ws"),
+            base,
+            Arc::clone(&tally),
+            Arc::clone(&stop),
+        )));
+    }
+    // Let every client connect and settle, then measure idle memory.
+    tokio::time::sleep(Duration::from_millis(500 + args.clients as u64 / 2)).await;
+    let idle = rss_bytes().saturating_sub(before);
+
+    let pad = "x".repeat(args.payload);
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let total = args.rate * args.seconds;
+    let started = Instant::now();
+    for seq in 1..=total {
+        let t = base.elapsed().as_micros() as u64;
+        let json = format!(
+            r#"{{"type":"agent_progress","seq":{seq},"t":{t},"pipeline":"p","data":{{"pad":"{pad}"}}}}"#
+        );
+        if naive {
+            let msg = Message::text(json);
+            for peer in peers.lock().expect("not poisoned").iter() {
+                let _ = peer.send(msg.clone());
+            }
+        } else {
+            hub.publish(item(
+                seq,
+                Some("p".into()),
+                "agent_progress".into(),
+                None,
+                Priority::High,
+                json,
+            ));
+        }
+        // Pace by the clock, in steps of 1 ms, so the rate holds on a busy machine.
+        let due = started + interval.mul_f64(seq as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now())
+            && wait > Duration::from_millis(1)
+        {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    // Give deliveries a moment to drain, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(1, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    if let Some(server) = server {
+        server.shutdown(Duration::from_secs(2)).await;
+    }
+    let mut lat = std::mem::take(&mut *tally.latencies.lock().expect("not poisoned"));
+    lat.sort_unstable();
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(f64::NAN, |&v| f64::from(v) / 1e3)
+    };
+    let delivered = tally.delivered.load(Ordering::Relaxed);
+    let expected = total * args.clients as u64;
+    Outcome {
+        name: if naive { "naive" } else { "perfmon-ws" },
+        delivered_per_s: delivered as f64 / elapsed,
+        p50_ms: q(0.50),
+        p99_ms: q(0.99),
+        lost: expected.saturating_sub(delivered),
+        kib_per_idle_conn: idle as f64 / 1024.0 / args.clients as f64,
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    println!(
+        "ws_load: {} clients, {} events/s for {} s, {}-byte payload (loopback)",
+        args.clients, args.rate, args.seconds, args.payload
+    );
+    println!(
+        "{:<11} {:>14} {:>9} {:>9} {:>12} {:>16}",
+        "server", "delivered/s", "p50 ms", "p99 ms", "not delivered", "KiB/idle conn"
+    );
+    for naive in [false, true] {
+        let name = if naive { "naive" } else { "perfmon" };
+        if args.only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let o = run(&args, naive).await;
+        println!(
+            "{:<11} {:>14.0} {:>9.1} {:>9.1} {:>12} {:>16.1}",
+            o.name, o.delivered_per_s, o.p50_ms, o.p99_ms, o.lost, o.kib_per_idle_conn
+        );
+    }
+    std::process::ExitCode::SUCCESS
+}
