@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 /// The subprotocol name, and the `protocol` field of `welcome`.
 pub const PROTOCOL: &str = "perfmon.v1";
 
+/// The opt-in compressed variant (`Config::compression`): every server
+/// frame is the same JSON, zlib-compressed, in a binary frame (a browser
+/// inflates it with `new DecompressionStream("deflate")`). Client messages
+/// stay JSON text.
+pub const PROTOCOL_DEFLATE: &str = "perfmon.v1.deflate";
+
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

@@ -109,6 +109,9 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     /// The page served at `GET /`, if any.
     pub index_html: Option<&'static str>,
+    /// Offer the subprotocol `perfmon.v1.deflate` (compressed frames) to
+    /// clients that ask for it. Default off.
+    pub compression: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -140,6 +143,7 @@ impl Default for Config {
             authorizer: None,
             allowed_origins: None,
             index_html: None,
+            compression: false,
         }
     }
 }
@@ -373,13 +377,21 @@ fn upgrade(
             .into_response();
     }
     let c = &shared.config;
-    ws.protocols([protocol::PROTOCOL])
-        .read_buffer_size(4 * 1024)
+    let offered: &[&'static str] = if c.compression {
+        &[protocol::PROTOCOL_DEFLATE, protocol::PROTOCOL]
+    } else {
+        &[protocol::PROTOCOL]
+    };
+    let ws = ws.protocols(offered.iter().copied());
+    let compressed = ws
+        .selected_protocol()
+        .is_some_and(|p| p == protocol::PROTOCOL_DEFLATE);
+    ws.read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(c.max_message_size)
         .max_frame_size(c.max_message_size)
-        .on_upgrade(move |socket| connection(socket, shared, room, q.since))
+        .on_upgrade(move |socket| connection(socket, shared, room, q.since, compressed))
 }
 
 /// Token bucket for client messages.
@@ -432,6 +444,7 @@ async fn connection(
     shared: Arc<Shared>,
     room: Option<String>,
     since: Option<u64>,
+    compressed: bool,
 ) {
     let stats = Arc::clone(&shared.hub.stats);
     stats.connection_opened();
@@ -481,8 +494,10 @@ async fn connection(
         macro_rules! send {
             ($label:lifetime, $msg:expr) => {{
                 let msg: Message = $msg;
+                let msg = if compressed { deflate(msg) } else { msg };
                 let len = match &msg {
                     Message::Text(t) => t.len() as u64,
+                    Message::Binary(b) => b.len() as u64,
                     _ => 0,
                 };
                 match tokio::time::timeout(send_timeout, async {
@@ -667,6 +682,24 @@ async fn connection(
     }
     shared.hub.detach(&queue);
     stats.connection_closed();
+}
+
+/// A text frame as a zlib-compressed binary frame (`perfmon.v1.deflate`).
+fn deflate(msg: Message) -> Message {
+    use std::io::Write as _;
+    let Message::Text(text) = msg else { return msg };
+    let mut encoder = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(text.len() / 4),
+        flate2::Compression::fast(),
+    );
+    match encoder
+        .write_all(text.as_bytes())
+        .and_then(|()| encoder.finish())
+    {
+        Ok(bytes) => Message::Binary(bytes.into()),
+        // Writing to a Vec cannot fail; if it ever did, send it uncompressed.
+        Err(_) => Message::Text(text),
+    }
 }
 
 fn close_frame(code: u16, reason: &'static str) -> Message {

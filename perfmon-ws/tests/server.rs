@@ -563,3 +563,124 @@ async fn a_client_that_stops_reading_is_cut_off_and_counted() {
     }
     assert!(ended, "the connection ended");
 }
+
+/// Reads frames for `window`, returning (wire bytes, decoded JSON texts).
+async fn drain_frames(ws: &mut Ws, window: Duration) -> (usize, Vec<String>) {
+    use std::io::Read as _;
+    let mut wire = 0;
+    let mut texts = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(window, ws.next()).await {
+        match msg {
+            Message::Text(t) => {
+                wire += t.len();
+                texts.push(t.to_string());
+            }
+            Message::Binary(b) => {
+                wire += b.len();
+                let mut text = String::new();
+                flate2::read::ZlibDecoder::new(&b[..])
+                    .read_to_string(&mut text)
+                    .expect("valid zlib");
+                texts.push(text);
+            }
+            _ => {}
+        }
+    }
+    (wire, texts)
+}
+
+fn seqs_of(texts: &[String]) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for t in texts {
+        let v: Value = serde_json::from_str(t).unwrap();
+        match v["type"].as_str() {
+            Some("batch") => seqs.extend(
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["seq"].as_u64().unwrap()),
+            ),
+            Some("welcome") => {}
+            _ => seqs.push(v["seq"].as_u64().unwrap()),
+        }
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn compressed_frames_carry_the_same_events_in_fewer_bytes() {
+    let server = start(Config {
+        compression: true,
+        ..Config::default()
+    });
+    let mut plain = connect(&server, "/ws").await;
+    let mut req = format!("ws://{}/ws", server.local_addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "perfmon.v1.deflate".parse().unwrap(),
+    );
+    let (mut deflated, response) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "perfmon.v1.deflate"
+    );
+    // A realistic stream: a pipeline's progress and completions, as perfmon sends them.
+    let agents = ["planner", "geometry", "physics", "materials", "codegen"];
+    for seq in 1..=500u64 {
+        let agent = agents[(seq % 5) as usize];
+        let body = if seq % 4 == 0 {
+            json!({"type":"agent_completed","seq":seq,"ts":1.7953e12 + seq as f64,"pipeline":"proj_42",
+                   "data":{"agent":agent,"duration_ms":412.7 + seq as f64,"busy_ms":0.31,"outcome":"succeeded","run":42}})
+        } else {
+            json!({"type":"agent_progress","seq":seq,"ts":1.7953e12 + seq as f64,"pipeline":"proj_42",
+                   "data":{"agent":agent,"percent":(seq % 100) as f64,"stage":"meshing","message":null}})
+        };
+        server.hub().publish(item(
+            seq,
+            Some("proj_42".into()),
+            "agent_progress".into(),
+            None,
+            Priority::High,
+            body.to_string(),
+        ));
+        if seq % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+    let (plain_bytes, plain_texts) = drain_frames(&mut plain, Duration::from_millis(500)).await;
+    let (deflated_bytes, deflated_texts) =
+        drain_frames(&mut deflated, Duration::from_millis(500)).await;
+    assert_eq!(seqs_of(&plain_texts), (1..=500).collect::<Vec<_>>());
+    assert_eq!(
+        seqs_of(&deflated_texts),
+        (1..=500).collect::<Vec<_>>(),
+        "the same events"
+    );
+    let ratio = deflated_bytes as f64 / plain_bytes as f64;
+    println!(
+        "perfmon.v1.deflate: {deflated_bytes} bytes vs {plain_bytes} plain = {:.1}%",
+        ratio * 100.0
+    );
+    assert!(
+        ratio < 0.5,
+        "compression should at least halve a batched JSON stream: {ratio}"
+    );
+}
+
+#[tokio::test]
+async fn compression_is_off_unless_configured() {
+    let server = start(Config::default());
+    let mut req = format!("ws://{}/ws", server.local_addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "perfmon.v1.deflate".parse().unwrap(),
+    );
+    // The server does not offer it: the handshake fails, as a client asking
+    // for only that subprotocol must expect (RFC 6455 §4.1).
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+}

@@ -170,6 +170,14 @@ impl SidecarBuilder {
         self
     }
 
+    /// Offer compressed frames (subprotocol `perfmon.v1.deflate`) to clients
+    /// that ask for them: about 8× fewer bytes on a typical stream, for some
+    /// CPU per connection (see PROTOCOL.md). Default off.
+    pub fn compression(mut self, enabled: bool) -> Self {
+        self.config.compression = enabled;
+        self
+    }
+
     /// Limits and buffers: see [`Config`]. Keeps an authorizer and origins
     /// set before unless `config` sets its own.
     pub fn config(mut self, config: Config) -> Self {
