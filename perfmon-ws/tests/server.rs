@@ -564,6 +564,18 @@ async fn a_client_that_stops_reading_is_cut_off_and_counted() {
     assert!(ended, "the connection ended");
 }
 
+/// A handshake asking for the compressed subprotocol only.
+fn deflate_request(server: &Server) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = format!("ws://{}/ws", server.local_addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "perfmon.v1.deflate".parse().unwrap(),
+    );
+    req
+}
+
 /// Reads frames for `window`, returning (wire bytes, decoded JSON texts).
 async fn drain_frames(ws: &mut Ws, window: Duration) -> (usize, Vec<String>) {
     use std::io::Read as _;
@@ -615,13 +627,7 @@ async fn compressed_frames_carry_the_same_events_in_fewer_bytes() {
         ..Config::default()
     });
     let mut plain = connect(&server, "/ws").await;
-    let mut req = format!("ws://{}/ws", server.local_addr())
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "perfmon.v1.deflate".parse().unwrap(),
-    );
+    let req = deflate_request(&server);
     let (mut deflated, response) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(
         response.headers()["sec-websocket-protocol"],
@@ -673,13 +679,7 @@ async fn compressed_frames_carry_the_same_events_in_fewer_bytes() {
 #[tokio::test]
 async fn compression_is_off_unless_configured() {
     let server = start(Config::default());
-    let mut req = format!("ws://{}/ws", server.local_addr())
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "perfmon.v1.deflate".parse().unwrap(),
-    );
+    let req = deflate_request(&server);
     // The server does not offer it: the handshake fails, as a client asking
     // for only that subprotocol must expect (RFC 6455 §4.1).
     assert!(tokio_tungstenite::connect_async(req).await.is_err());
