@@ -82,27 +82,23 @@ fn duplicate(span: Span, what: &str) -> syn::Error {
     syn::Error::new(span, format!("duplicate `{what}` argument: give it once"))
 }
 
-/// Sets a flag argument, refusing a second one.
-fn flag(slot: &mut Option<Span>, span: Span, what: &str) -> syn::Result<()> {
-    if slot.is_some() {
+/// Refuses an argument given twice; every keyword goes through it.
+fn once(seen: &mut Vec<&'static str>, span: Span, what: &'static str) -> syn::Result<()> {
+    if seen.contains(&what) {
         return Err(duplicate(span, what));
     }
-    *slot = Some(span);
+    seen.push(what);
     Ok(())
 }
 
 impl Args {
     pub(crate) fn parse(kind: Kind, input: ParseStream<'_>) -> syn::Result<Self> {
         let mut args = Args::default();
-        let mut seen_fields = false;
-        let mut seen_skip = false;
+        let mut seen = Vec::new();
         while !input.is_empty() {
             let lookahead = input.lookahead1();
             if kind == Kind::Agent && lookahead.peek(kw::name) {
-                let token = input.parse::<kw::name>()?;
-                if args.name.is_some() {
-                    return Err(duplicate(token.span, "name"));
-                }
+                once(&mut seen, input.parse::<kw::name>()?.span, "name")?;
                 input.parse::<Token![=]>()?;
                 let value: Expr = input.parse()?;
                 match value {
@@ -118,35 +114,23 @@ impl Args {
                     }
                 }
             } else if kind == Kind::Pipeline && lookahead.peek(kw::id) {
-                let token = input.parse::<kw::id>()?;
-                if args.id.is_some() {
-                    return Err(duplicate(token.span, "id"));
-                }
+                once(&mut seen, input.parse::<kw::id>()?.span, "id")?;
                 input.parse::<Token![=]>()?;
                 args.id = Some(input.parse()?);
             } else if lookahead.peek(kw::fields) {
-                let token = input.parse::<kw::fields>()?;
-                if seen_fields {
-                    return Err(duplicate(token.span, "fields"));
-                }
-                seen_fields = true;
+                once(&mut seen, input.parse::<kw::fields>()?.span, "fields")?;
                 let content;
                 syn::parenthesized!(content in input);
                 args.fields = Punctuated::<FieldSpec, Token![,]>::parse_terminated(&content)?
                     .into_iter()
                     .collect();
             } else if lookahead.peek(kw::skip_all) {
-                flag(
-                    &mut args.skip_all,
-                    input.parse::<kw::skip_all>()?.span,
-                    "skip_all",
-                )?;
+                let span = input.parse::<kw::skip_all>()?.span;
+                once(&mut seen, span, "skip_all")?;
+                args.skip_all = Some(span);
             } else if lookahead.peek(kw::skip) {
                 let token = input.parse::<kw::skip>()?;
-                if seen_skip {
-                    return Err(duplicate(token.span, "skip"));
-                }
-                seen_skip = true;
+                once(&mut seen, token.span, "skip")?;
                 let content;
                 syn::parenthesized!(content in input);
                 args.skip = Punctuated::<Ident, Token![,]>::parse_terminated_with(
@@ -162,9 +146,13 @@ impl Args {
                     ));
                 }
             } else if lookahead.peek(kw::args) {
-                flag(&mut args.args, input.parse::<kw::args>()?.span, "args")?;
+                let span = input.parse::<kw::args>()?.span;
+                once(&mut seen, span, "args")?;
+                args.args = Some(span);
             } else if lookahead.peek(kw::err) {
-                flag(&mut args.err, input.parse::<kw::err>()?.span, "err")?;
+                let span = input.parse::<kw::err>()?.span;
+                once(&mut seen, span, "err")?;
+                args.err = Some(span);
             } else {
                 return Err(lookahead.error());
             }

@@ -96,7 +96,7 @@
 //! # Cost
 //!
 //! The recording path takes no lock shared by all spans, never waits, and
-//! keeps memory bounded: per-agent histograms (≈25 KiB each, at most
+//! keeps memory bounded: per-agent histograms (two significant digits, values up to 6 h; at most
 //! `max_agents`), at most `max_runs_per_pipeline` runs per report (the rest
 //! aggregated), `recent_capacity` reports, and bounded event queues whose
 //! drops are counted. See `BENCHMARKS.md` for measured overhead.
