@@ -8,10 +8,12 @@
 //! cargo run --release --example ws_load -- --clients 1000 --rate 1000 --seconds 5
 //! ```
 //!
-//! For each server: events delivered per second (all clients together),
-//! publish → receive latency p50/p99 over every delivered event, events
-//! lost (gaps in a client's seq), and resident memory per idle connection.
-//! See BENCHMARKS.md.
+//! The clients run in a child process (this same program, `--role clients`),
+//! so the server's memory and CPU are measured apart from theirs. For each
+//! server: events delivered per second (all clients together), publish →
+//! receive latency p50/p99 over every delivered event (wall clock, shared by
+//! both processes), events not delivered, and the server process's resident
+//! memory per idle connection. See BENCHMARKS.md.
 
 #![allow(clippy::expect_used)] // a measuring program: a panic is the right report
 
@@ -30,6 +32,8 @@ struct Args {
     seconds: u64,
     payload: usize,
     only: Option<String>,
+    /// `Some(url)` in the child process that plays the clients.
+    clients_of: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 5,
         payload: 200,
         only: None,
+        clients_of: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
                 args.payload = value()?.parse().map_err(|e| format!("--payload: {e}"))?
             }
             "--only" => args.only = Some(value()?),
+            "--clients-of" => args.clients_of = Some(value()?),
             _ => {
                 return Err("usage: ws_load [--clients N] [--rate EVENTS_PER_S] [--seconds S] [--payload BYTES] \
                             [--only perfmon|naive]"
@@ -82,6 +88,7 @@ impl Backend for NoBackend {
 /// Totals across all clients.
 #[derive(Default)]
 struct Tally {
+    connected: AtomicU64,
     delivered: AtomicU64,
     gaps: AtomicU64,
     latencies: std::sync::Mutex<Vec<u32>>, // microseconds, sampled
@@ -99,11 +106,19 @@ fn numbers<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = u64> + 'a {
     })
 }
 
-async fn client(url: String, base: Instant, tally: Arc<Tally>, stop: Arc<AtomicU64>) {
+/// Microseconds since the Unix epoch: the clock both processes share.
+fn wall_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn client(url: String, tally: Arc<Tally>, stop: Arc<AtomicU64>) {
     let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await else {
         eprintln!("client could not connect to {url}");
         return;
     };
+    tally.connected.fetch_add(1, Ordering::Relaxed);
     let mut last_seq = 0u64;
     let mut samples = Vec::new();
     while stop.load(Ordering::Relaxed) == 0 {
@@ -112,7 +127,7 @@ async fn client(url: String, base: Instant, tally: Arc<Tally>, stop: Arc<AtomicU
             continue;
         };
         let Message::Text(text) = msg else { continue };
-        let now = base.elapsed().as_micros() as u64;
+        let now = wall_micros();
         for (seq, t) in numbers(&text, "\"seq\":").zip(numbers(&text, "\"t\":")) {
             if last_seq != 0 && seq > last_seq + 1 {
                 tally.gaps.fetch_add(seq - last_seq - 1, Ordering::Relaxed);
@@ -130,6 +145,46 @@ async fn client(url: String, base: Instant, tally: Arc<Tally>, stop: Arc<AtomicU
         .expect("not poisoned")
         .extend(samples);
     let _ = ws.close(None).await;
+}
+
+/// The child process: connect every client, say `ready`, read until the
+/// parent says `stop` (or closes stdin), then print one `result` line:
+/// delivered, gaps, p50 and p99 in microseconds.
+async fn play_clients(url: String, clients: usize) {
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(client(url.clone(), Arc::clone(&tally), Arc::clone(&stop))))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tally.connected.load(Ordering::Relaxed) < clients as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("ready {}", tally.connected.load(Ordering::Relaxed));
+    // Wait for the parent's word; a closed stdin means the same.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    })
+    .await;
+    stop.store(1, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut lat = std::mem::take(&mut *tally.latencies.lock().expect("not poisoned"));
+    lat.sort_unstable();
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "result {} {} {} {}",
+        tally.delivered.load(Ordering::Relaxed),
+        tally.gaps.load(Ordering::Relaxed),
+        q(0.50),
+        q(0.99)
+    );
 }
 
 /// The baseline: accept, then per peer an unbounded channel and a task
@@ -170,15 +225,18 @@ fn rss_bytes() -> u64 {
 
 struct Outcome {
     name: &'static str,
+    connected: usize,
     delivered_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
     lost: u64,
     kib_per_idle_conn: f64,
+    written_p50_p99: Option<(f64, f64)>,
 }
 
 async fn run(args: &Args, naive: bool) -> Outcome {
-    let base = Instant::now();
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = std_listener.local_addr().expect("address");
     let hub = Arc::new(Hub::new(10_000));
@@ -199,20 +257,29 @@ async fn run(args: &Args, naive: bool) -> Outcome {
         );
     }
 
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicU64::new(0));
     let before = rss_bytes();
-    let mut tasks = Vec::new();
-    for _ in 0..args.clients {
-        tasks.push(tokio::spawn(client(
-            format!("ws://{addr}/ws"),
-            base,
-            Arc::clone(&tally),
-            Arc::clone(&stop),
-        )));
-    }
-    // Let every client connect and settle, then measure idle memory.
-    tokio::time::sleep(Duration::from_millis(500 + args.clients as u64 / 2)).await;
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
+        .args(["--clients-of", &format!("ws://{addr}/ws")])
+        .args(["--clients", &args.clients.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the clients' process");
+    let mut to_child = child.stdin.take().expect("piped");
+    let mut from_child = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let ready = from_child
+        .next_line()
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let connected: usize = ready
+        .strip_prefix("ready ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // Let every connection settle, then measure the server's idle memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = rss_bytes().saturating_sub(before);
 
     let pad = "x".repeat(args.payload);
@@ -220,7 +287,7 @@ async fn run(args: &Args, naive: bool) -> Outcome {
     let total = args.rate * args.seconds;
     let started = Instant::now();
     for seq in 1..=total {
-        let t = base.elapsed().as_micros() as u64;
+        let t = wall_micros();
         let json = format!(
             r#"{{"type":"agent_progress","seq":{seq},"t":{t},"pipeline":"p","data":{{"pad":"{pad}"}}}}"#
         );
@@ -250,28 +317,37 @@ async fn run(args: &Args, naive: bool) -> Outcome {
     // Give deliveries a moment to drain, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    stop.store(1, Ordering::Relaxed);
-    for task in tasks {
-        let _ = task.await;
-    }
+    let _ = to_child.write_all(b"stop\n").await;
+    let result = from_child
+        .next_line()
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let _ = child.wait().await;
+    // The server's own view: publish → written to the socket (perfmon-ws only).
+    let written = (!naive).then(|| hub.stats_snapshot());
     if let Some(server) = server {
         server.shutdown(Duration::from_secs(2)).await;
     }
-    let mut lat = std::mem::take(&mut *tally.latencies.lock().expect("not poisoned"));
-    lat.sort_unstable();
-    let q = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map_or(f64::NAN, |&v| f64::from(v) / 1e3)
+    let fields: Vec<u64> = result
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [delivered, _gaps, p50_us, p99_us] = fields[..] else {
+        panic!("the clients' process said {result:?}");
     };
-    let delivered = tally.delivered.load(Ordering::Relaxed);
     let expected = total * args.clients as u64;
     Outcome {
         name: if naive { "naive" } else { "perfmon-ws" },
+        connected,
         delivered_per_s: delivered as f64 / elapsed,
-        p50_ms: q(0.50),
-        p99_ms: q(0.99),
+        p50_ms: p50_us as f64 / 1e3,
+        p99_ms: p99_us as f64 / 1e3,
         lost: expected.saturating_sub(delivered),
         kib_per_idle_conn: idle as f64 / 1024.0 / args.clients as f64,
+        written_p50_p99: written.map(|w| (w.latency_p50_ms, w.latency_p99_ms)),
     }
 }
 
@@ -284,13 +360,24 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(url) = args.clients_of {
+        play_clients(url, args.clients).await;
+        return std::process::ExitCode::SUCCESS;
+    }
     println!(
         "ws_load: {} clients, {} events/s for {} s, {}-byte payload (loopback)",
         args.clients, args.rate, args.seconds, args.payload
     );
     println!(
-        "{:<11} {:>14} {:>9} {:>9} {:>12} {:>16}",
-        "server", "delivered/s", "p50 ms", "p99 ms", "not delivered", "KiB/idle conn"
+        "{:<11} {:>9} {:>14} {:>9} {:>9} {:>12} {:>16} {:>22}",
+        "server",
+        "connected",
+        "delivered/s",
+        "p50 ms",
+        "p99 ms",
+        "not delivered",
+        "KiB/idle conn",
+        "written p50/p99 ms"
     );
     for naive in [false, true] {
         let name = if naive { "naive" } else { "perfmon" };
@@ -299,8 +386,16 @@ async fn main() -> std::process::ExitCode {
         }
         let o = run(&args, naive).await;
         println!(
-            "{:<11} {:>14.0} {:>9.1} {:>9.1} {:>12} {:>16.1}",
-            o.name, o.delivered_per_s, o.p50_ms, o.p99_ms, o.lost, o.kib_per_idle_conn
+            "{:<11} {:>9} {:>14.0} {:>9.1} {:>9.1} {:>12} {:>16.1} {:>22}",
+            o.name,
+            o.connected,
+            o.delivered_per_s,
+            o.p50_ms,
+            o.p99_ms,
+            o.lost,
+            o.kib_per_idle_conn,
+            o.written_p50_p99
+                .map_or("-".to_string(), |(a, b)| format!("{a:.1} / {b:.1}"))
         );
     }
     std::process::ExitCode::SUCCESS

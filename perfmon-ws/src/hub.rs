@@ -108,7 +108,10 @@ pub(crate) struct Queue {
 
 #[derive(Debug)]
 struct QueueInner {
-    items: VecDeque<Arc<Item>>,
+    /// High- and low-priority items, each in seq order: shedding takes the
+    /// oldest low item in O(1), and `take` merges the two by seq.
+    high: VecDeque<Arc<Item>>,
+    low: VecDeque<Arc<Item>>,
     filter: Filter,
     dropped: Dropped,
     /// Since when the queue has been shedding items without a break.
@@ -117,6 +120,21 @@ struct QueueInner {
     /// The highest seq queued so far: a live item at or below it was
     /// already replayed, and is skipped (no duplicates, no reordering).
     high_water: u64,
+}
+
+impl QueueInner {
+    fn len(&self) -> usize {
+        self.high.len() + self.low.len()
+    }
+
+    /// Appends in seq order: items arrive in seq order (live items past the
+    /// high-water mark, replays in ring order).
+    fn push(&mut self, item: Arc<Item>) {
+        match item.priority {
+            Priority::High => self.high.push_back(item),
+            Priority::Low => self.low.push_back(item),
+        }
+    }
 }
 
 /// What a writer takes from its queue in one go.
@@ -134,7 +152,8 @@ impl Queue {
     pub(crate) fn new(capacity: usize, filter: Filter) -> Self {
         Queue {
             inner: Mutex::new(QueueInner {
-                items: VecDeque::with_capacity(capacity.min(1024)),
+                high: VecDeque::with_capacity(capacity.min(1024)),
+                low: VecDeque::new(),
                 filter,
                 dropped: Dropped::default(),
                 stalled_since: None,
@@ -158,15 +177,14 @@ impl Queue {
             return 0;
         }
         let mut shed = 0;
-        if q.items.len() >= self.capacity {
+        if q.len() >= self.capacity {
             // Oldest low-priority first; if none, the oldest of all. If the
             // new item is low priority and nothing lower is queued, it is
             // the one to go.
-            let victim = q.items.iter().position(|i| i.priority == Priority::Low);
-            let evicted = match (victim, item.priority) {
-                (Some(pos), _) => q.items.remove(pos),
-                (None, Priority::Low) => Some(Arc::clone(item)),
-                (None, Priority::High) => q.items.pop_front(),
+            let evicted = match (q.low.is_empty(), item.priority) {
+                (false, _) => q.low.pop_front(),
+                (true, Priority::Low) => Some(Arc::clone(item)),
+                (true, Priority::High) => q.high.pop_front(),
             };
             if let Some(evicted) = evicted {
                 q.dropped.add(evicted.seq);
@@ -179,7 +197,7 @@ impl Queue {
                 }
             }
         }
-        q.items.push_back(Arc::clone(item));
+        q.push(Arc::clone(item));
         drop(q);
         self.notify.notify_one();
         shed
@@ -192,7 +210,7 @@ impl Queue {
         for item in items {
             q.high_water = q.high_water.max(item.seq);
             if q.filter.matches(&item) {
-                q.items.push_back(item);
+                q.push(item);
             }
         }
         drop(q);
@@ -202,17 +220,30 @@ impl Queue {
     /// Takes up to `max` items and any drop notice.
     pub(crate) fn take(&self, max: usize) -> Batch {
         let mut q = lock(&self.inner);
-        let n = q.items.len().min(max);
-        let items: Vec<_> = q.items.drain(..n).collect();
+        let n = q.len().min(max);
+        let mut items = Vec::with_capacity(n);
+        while items.len() < n {
+            let from_low = match (q.high.front(), q.low.front()) {
+                (Some(h), Some(l)) => l.seq < h.seq,
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            let next = if from_low {
+                q.low.pop_front()
+            } else {
+                q.high.pop_front()
+            };
+            items.extend(next);
+        }
         let dropped = (q.dropped.count > 0).then(|| std::mem::take(&mut q.dropped));
-        if q.items.len() < self.capacity {
+        if q.len() < self.capacity {
             q.stalled_since = None;
         }
         Batch { items, dropped }
     }
 
     pub(crate) fn len(&self) -> usize {
-        lock(&self.inner).items.len()
+        lock(&self.inner).len()
     }
 
     /// How long the queue has been full and shedding, if it is.
@@ -251,7 +282,8 @@ pub struct Hub {
     ring: Mutex<VecDeque<Arc<Item>>>,
     ring_capacity: usize,
     last_seq: AtomicU64,
-    queues: Mutex<Vec<Arc<Queue>>>,
+    /// Copy-on-write: `publish` clones one `Arc`, not a thousand.
+    queues: Mutex<Arc<Vec<Arc<Queue>>>>,
     pub(crate) stats: Arc<Stats>,
 }
 
@@ -263,7 +295,7 @@ impl Hub {
             ring: Mutex::new(VecDeque::with_capacity(ring_capacity.min(16_384))),
             ring_capacity: ring_capacity.max(1),
             last_seq: AtomicU64::new(0),
-            queues: Mutex::new(Vec::new()),
+            queues: Mutex::new(Arc::new(Vec::new())),
             stats,
         }
     }
@@ -284,9 +316,9 @@ impl Hub {
             ring.push_back(Arc::clone(&item));
             self.last_seq.fetch_max(item.seq, Ordering::AcqRel);
         }
-        let queues = lock(&self.queues).clone();
+        let queues = Arc::clone(&lock(&self.queues));
         let mut shed = 0;
-        for queue in &queues {
+        for queue in queues.iter() {
             shed += queue.offer(&item);
         }
         if shed > 0 {
@@ -318,7 +350,7 @@ impl Hub {
         // replayed here. Every item reaches the queue exactly once, in order.
         let ring = lock(&self.ring);
         let last = ring.back().map_or(0, |i| i.seq);
-        lock(&self.queues).push(Arc::clone(&queue));
+        Arc::make_mut(&mut lock(&self.queues)).push(Arc::clone(&queue));
         let Some(since) = since else {
             // A fresh client starts live: nothing at or before `last`.
             lock(&queue.inner).high_water = last;
@@ -339,7 +371,7 @@ impl Hub {
     }
 
     pub(crate) fn detach(&self, queue: &Arc<Queue>) {
-        lock(&self.queues).retain(|q| !Arc::ptr_eq(q, queue));
+        Arc::make_mut(&mut lock(&self.queues)).retain(|q| !Arc::ptr_eq(q, queue));
     }
 
     /// The server's counters right now.

@@ -38,8 +38,8 @@ use perfmon_ws::{Backend, Reply, Server, ServerInfo};
 use crate::events::{Event, EventKind};
 use crate::monitor::Monitor;
 
-/// The page at `GET /`: a live event log (no external resources).
-const INDEX_HTML: &str = include_str!("ws_index.html");
+/// The page at `GET /`: the live dashboard (one self-contained file, no external resources).
+const INDEX_HTML: &str = include_str!("dashboard.html");
 
 /// The default address: loopback, port 9464.
 pub const DEFAULT_BIND: &str = "127.0.0.1:9464";
