@@ -1,0 +1,416 @@
+//! The dashboard page in a real browser: headless Chromium driven over
+//! WebDriver (fantoccini + chromedriver), against a sidecar on loopback and a
+//! scripted pipeline. Asserts on the DOM, saves screenshots to `artifacts/`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
+//! Without them the test says so and passes, unless
+//! `PERFMON_BROWSER_TESTS=require` (as in `.ci/run`), where it fails.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use perfmon::ws::Sidecar;
+use perfmon::{Monitor, PipelineReport};
+use serde_json::{Value, json};
+use tracing_subscriber::layer::SubscriberExt;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn tool(var: &str, default: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
+    path.exists().then_some(path)
+}
+
+/// chromedriver on a free loopback port, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_driver(path: &Path) -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(path)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver { child, port }
+}
+
+async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-quic", "--no-first-run",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1200",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session with headless Chromium")
+}
+
+/// Polls a JavaScript expression until it is truthy; on timeout, fails with
+/// what the page shows.
+async fn until(client: &Client, what: &str, expr: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let value = client
+            .execute(&format!("return ({expr});"), vec![])
+            .await
+            .unwrap_or(Value::Null);
+        let truthy = match &value {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::String(s) => !s.is_empty(),
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            _ => true,
+        };
+        if truthy {
+            return value;
+        }
+        if Instant::now() > deadline {
+            let page = client
+                .execute("return document.body.innerText;", vec![])
+                .await
+                .unwrap_or_default();
+            panic!("timed out waiting for {what} ({expr}); the page shows:\n{page}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn js(client: &Client, expr: &str) -> Value {
+    client
+        .execute(&format!("return ({expr});"), vec![])
+        .await
+        .unwrap()
+}
+
+fn dispatch(monitor: &Monitor) -> tracing::Dispatch {
+    tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()))
+}
+
+/// planner → physics (the bottleneck; reports 50% and a thought, then waits
+/// for `release` if given) → geometry → codegen, which fails when `fail`.
+fn scripted(
+    monitor: &Monitor,
+    id: &'static str,
+    release: Option<mpsc::Receiver<()>>,
+    fail: bool,
+) -> std::thread::JoinHandle<PipelineReport> {
+    let monitor = monitor.clone();
+    std::thread::spawn(move || {
+        tracing::dispatcher::with_default(&dispatch(&monitor), || {
+            let pipeline = monitor.start_pipeline(id);
+            {
+                let _a = perfmon::agent("planner");
+                std::thread::sleep(Duration::from_millis(60));
+            }
+            {
+                let _a = perfmon::agent("physics");
+                perfmon::progress!(percent = 50.0, stage = "solving");
+                perfmon::thought!("trying a finer mesh");
+                if let Some(release) = release {
+                    let _ = release.recv_timeout(Duration::from_secs(60));
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            {
+                let _a = perfmon::agent("geometry");
+                std::thread::sleep(Duration::from_millis(60));
+            }
+            if fail {
+                perfmon::agent("codegen").fail("scripted failure E42");
+                pipeline.fail("codegen: scripted failure E42")
+            } else {
+                let _a = perfmon::agent("codegen");
+                std::thread::sleep(Duration::from_millis(30));
+                drop(_a);
+                pipeline.finish()
+            }
+        })
+    })
+}
+
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn serve_on(monitor: &Monitor, addr: SocketAddr, token: Option<&str>) -> Sidecar {
+    // The port may take a moment to come free after a shutdown.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut builder = Sidecar::builder().bind(addr.to_string());
+        if let Some(token) = token {
+            builder = builder.token(token);
+        }
+        match builder.serve(monitor) {
+            Ok(sidecar) => return sidecar,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("rebinding {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("could not rebind {addr}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart() {
+    let (Some(driver_path), Some(chromium)) = (
+        tool("CHROMEDRIVER", CHROMEDRIVER),
+        tool("CHROMIUM", CHROMIUM),
+    ) else {
+        assert!(
+            std::env::var("PERFMON_BROWSER_TESTS").as_deref() != Ok("require"),
+            "PERFMON_BROWSER_TESTS=require, but {CHROMIUM} or {CHROMEDRIVER} is missing: \
+             apt-get install -y chromium chromium-driver"
+        );
+        eprintln!(
+            "skipped: no {CHROMIUM} / {CHROMEDRIVER} (apt-get install -y chromium chromium-driver)"
+        );
+        return;
+    };
+    let profile = std::env::temp_dir().join(format!("perfmon-chromium-{}", std::process::id()));
+    let driver = start_driver(&driver_path);
+    let client = browser(&driver, &chromium, &profile).await;
+
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = serve_on(&monitor, "127.0.0.1:0".parse().unwrap(), None).await;
+    let addr = sidecar.local_addr();
+    client.goto(&sidecar.url()).await.unwrap();
+    until(
+        &client,
+        "the live indicator",
+        r##"document.querySelector("#conn").dataset.state === "live""##,
+    )
+    .await;
+
+    // A pipeline appears and its agents progress.
+    let (release, held) = mpsc::channel();
+    let running = scripted(&monitor, "scripted_1", Some(held), true);
+    until(
+        &client,
+        "scripted_1 among the active pipelines",
+        r##"document.querySelector('#active .pipeline[data-id="scripted_1"]')"##,
+    )
+    .await;
+    let percent = until(
+        &client,
+        "physics at 50%",
+        r##"document.querySelector('#active .pipeline[data-id="scripted_1"] .agent[data-agent="physics"]')?.dataset.percent === "50"
+           && document.querySelector('#active .pipeline[data-id="scripted_1"] .agent[data-agent="physics"] .stage')?.textContent"##,
+    )
+    .await;
+    assert_eq!(percent, json!("solving"), "the stage shows under the bar");
+    until(
+        &client,
+        "the thought in the log",
+        r##"document.querySelector("#log").textContent.includes("trying a finer mesh")"##,
+    )
+    .await;
+    release.send(()).unwrap();
+    let report = running.join().unwrap();
+
+    // It completes, as failed, with the scripted error.
+    until(
+        &client,
+        "scripted_1 among the recent pipelines, failed",
+        r##"document.querySelector('#recent .pipeline[data-id="scripted_1"][data-outcome="failed"]')"##,
+    )
+    .await;
+    assert!(
+        js(
+            &client,
+            r##"document.querySelector("#failures").textContent"##
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .contains("scripted failure E42"),
+        "the failure list shows the error"
+    );
+    // Open it with a click, as a user would.
+    client
+        .find(Locator::Css(r##"#recent .pipeline[data-id="scripted_1"]"##))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&client, "the timeline of scripted_1", r##"document.querySelector("#timeline-head .id")?.textContent === "scripted_1" && document.querySelector("#timeline-outcome")?.textContent === "failed""##).await;
+
+    // The bottleneck, with the share the monitor computed.
+    let physics = report
+        .bottlenecks
+        .iter()
+        .find(|b| b.agent == "physics")
+        .expect("physics is the scripted bottleneck");
+    let share = format!("{:.0}%", physics.share * 100.0);
+    assert_eq!(report.bottlenecks.len(), 1, "{:?}", report.bottlenecks);
+    assert_eq!(
+        js(
+            &client,
+            r##"document.querySelector("#bottleneck").textContent"##
+        )
+        .await,
+        json!(format!("Bottleneck: physics {share}"))
+    );
+    assert_eq!(
+        js(&client, r##"document.querySelector('#gantt g.run.bottleneck[data-agent="physics"] .share').textContent"##).await,
+        json!(format!("{share} bottleneck"))
+    );
+    assert_eq!(
+        js(
+            &client,
+            r##"document.querySelectorAll("#gantt g.run.bottleneck").length"##
+        )
+        .await,
+        json!(1),
+        "only physics is highlighted"
+    );
+    // The failure in red, with its error on hover (the SVG <title>).
+    let hover = js(&client, r##"document.querySelector('#gantt g.run.failed[data-agent="codegen"] title').textContent"##).await;
+    assert!(
+        hover.as_str().unwrap().contains("scripted failure E42"),
+        "{hover}"
+    );
+    // The critical path: every run here is sequential, so all four are on it.
+    assert_eq!(
+        js(&client, r##"[...document.querySelectorAll("#gantt g.run.critical")].map(g => g.dataset.agent).join(",")"##).await,
+        json!(report.critical_path.join(","))
+    );
+
+    let dir = artifacts();
+    let timeline = client
+        .find(Locator::Id("timeline"))
+        .await
+        .unwrap()
+        .screenshot()
+        .await
+        .unwrap();
+    std::fs::write(dir.join("dashboard-timeline.png"), timeline).unwrap();
+    std::fs::write(
+        dir.join("dashboard.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // The sidecar restarts; a pipeline runs while it is down; the page
+    // reconnects, resumes with ?since=, and shows what it missed.
+    sidecar.shutdown();
+    until(
+        &client,
+        "the indicator to leave live",
+        r##"document.querySelector("#conn").dataset.state !== "live""##,
+    )
+    .await;
+    let missed = scripted(&monitor, "while_down", None, false)
+        .join()
+        .unwrap();
+    assert!(!missed.outcome.is_failure());
+    let sidecar = serve_on(&monitor, addr, None).await;
+    until(
+        &client,
+        "live again",
+        r##"document.querySelector("#conn").dataset.state === "live""##,
+    )
+    .await;
+    until(
+        &client,
+        "the pipeline that ran while the sidecar was down",
+        r##"document.querySelector('#recent .pipeline[data-id="while_down"][data-outcome="succeeded"]')"##,
+    )
+    .await;
+    let published = monitor.overview().events_published;
+    until(
+        &client,
+        "every event, gap-free",
+        &format!("document.body.dataset.lastSeq === \"{published}\""),
+    )
+    .await;
+    assert_eq!(
+        js(&client, r##"document.querySelector("#dropped").hidden"##).await,
+        json!(true),
+        "nothing was lost, so no gap notice"
+    );
+    sidecar.shutdown();
+
+    // With a token: the fragment carries it; without it, the page asks.
+    let guarded = serve_on(&monitor, "127.0.0.1:0".parse().unwrap(), Some("s3cret")).await;
+    client
+        .goto(&format!("{}#token=s3cret", guarded.url()))
+        .await
+        .unwrap();
+    until(
+        &client,
+        "live with the token",
+        r##"document.querySelector("#conn").dataset.state === "live""##,
+    )
+    .await;
+    until(
+        &client,
+        "the cards, read with the token",
+        r##"document.querySelector("#card-completed .v").textContent === "2""##,
+    )
+    .await;
+    client.goto("about:blank").await.unwrap();
+    client.goto(&guarded.url()).await.unwrap();
+    until(
+        &client,
+        "the token form",
+        r##"!document.querySelector("#auth").hidden"##,
+    )
+    .await;
+    assert_ne!(
+        js(
+            &client,
+            r##"document.querySelector("#conn").dataset.state"##
+        )
+        .await,
+        json!("live")
+    );
+    guarded.shutdown();
+
+    client.close().await.unwrap();
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&profile);
+}
