@@ -1,9 +1,17 @@
-//! The hub: the replay ring and fan-out to per-connection queues.
+//! The hub: the replay ring, and per-connection queues that pull from it.
 //!
 //! Publishing encodes nothing: an [`Item`] carries its JSON once, as shared
-//! bytes, and every connection gets a reference to the same bytes. Each
-//! connection has a bounded queue; when it is full, the oldest droppable item
-//! (low [`Priority`]) goes first, and the connection is told what it missed.
+//! bytes, and every connection gets a reference to the same bytes.
+//!
+//! Publishing is O(1) whatever the number of connections: the item goes into
+//! the ring (and, if high priority, into a second ring of high items only)
+//! and the new seq is announced on a `watch` channel. Each connection's
+//! writer pulls what is new into its own bounded queue when it is ready to
+//! write, so a stalled client, whose writer is blocked on its socket, costs
+//! nothing per event. When a queue is full, the oldest droppable item (low
+//! [`Priority`]) goes first, and the connection is told what it missed. A
+//! writer that fell behind the ring takes the high items it missed from the
+//! high ring, and counts the rest as dropped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::stats::Stats;
 
@@ -87,14 +95,22 @@ pub struct Dropped {
 
 impl Dropped {
     fn add(&mut self, seq: u64) {
-        if self.count == 0 {
-            self.first_seq = seq;
-            self.last_seq = seq;
-        } else {
-            self.first_seq = self.first_seq.min(seq);
-            self.last_seq = self.last_seq.max(seq);
+        self.add_range(seq, seq, 1);
+    }
+
+    /// `count` items with seqs in `first..=last`.
+    fn add_range(&mut self, first: u64, last: u64, count: u64) {
+        if count == 0 {
+            return;
         }
-        self.count += 1;
+        if self.count == 0 {
+            self.first_seq = first;
+            self.last_seq = last;
+        } else {
+            self.first_seq = self.first_seq.min(first);
+            self.last_seq = self.last_seq.max(last);
+        }
+        self.count += count;
     }
 }
 
@@ -117,9 +133,11 @@ struct QueueInner {
     /// Since when the queue has been shedding items without a break.
     stalled_since: Option<Instant>,
     closed: bool,
-    /// The highest seq queued so far: a live item at or below it was
-    /// already replayed, and is skipped (no duplicates, no reordering).
-    high_water: u64,
+    /// The highest seq pulled from the hub so far (or skipped): the next
+    /// pull starts after it. No duplicates, no reordering.
+    cursor: u64,
+    /// Items up to this seq are a resume's replay: queued without shedding.
+    replay_until: u64,
 }
 
 impl QueueInner {
@@ -158,22 +176,62 @@ impl Queue {
                 dropped: Dropped::default(),
                 stalled_since: None,
                 closed: false,
-                high_water: 0,
+                cursor: 0,
+                replay_until: 0,
             }),
             notify: Notify::new(),
             capacity,
         }
     }
 
-    /// Queues `item` if the filter lets it through, shedding under pressure.
-    /// Returns how many items were shed.
-    fn offer(&self, item: &Arc<Item>) -> u64 {
-        let mut q = lock(&self.inner);
-        if q.closed || item.seq <= q.high_water {
+    /// Pulls what the hub published since this queue's cursor into the
+    /// queue, shedding under pressure. Called by the connection's writer
+    /// when it is ready to write; returns how many items were shed.
+    pub(crate) fn pull(&self, hub: &Hub) -> u64 {
+        let cursor = lock(&self.inner).cursor;
+        if hub.last_seq() <= cursor {
             return 0;
         }
-        q.high_water = item.seq;
-        if !q.filter.matches(item) {
+        let (missed_high, lost, fresh) = hub.since(cursor);
+        let mut q = lock(&self.inner);
+        if q.closed || q.cursor != cursor {
+            return 0; // closed, or a concurrent pull got there first
+        }
+        let mut shed = 0;
+        if let Some((first, last)) = lost {
+            // Fell out of both rings: lost, whatever their priority. The
+            // count is of seqs, so with a filter it is an upper bound.
+            let count = (last - first + 1).saturating_sub(missed_high.len() as u64);
+            q.dropped.add_range(first, last, count);
+            shed += count;
+            q.stalled_since.get_or_insert_with(Instant::now);
+        }
+        for item in missed_high.iter().chain(fresh.iter()) {
+            shed += self.offer_locked(&mut q, item);
+        }
+        let mut next = fresh
+            .last()
+            .or(missed_high.last())
+            .map_or(cursor, |i| i.seq);
+        if let Some((_, last)) = lost {
+            next = next.max(last);
+        }
+        q.cursor = q.cursor.max(next);
+        drop(q);
+        if shed > 0 {
+            hub.stats.dropped(shed);
+        }
+        shed
+    }
+
+    /// Queues `item` if the filter lets it through, shedding under pressure.
+    /// Returns how many items were shed.
+    fn offer_locked(&self, q: &mut QueueInner, item: &Arc<Item>) -> u64 {
+        if item.seq <= q.cursor || !q.filter.matches(item) {
+            return 0;
+        }
+        if item.seq <= q.replay_until {
+            q.push(Arc::clone(item));
             return 0;
         }
         let mut shed = 0;
@@ -189,18 +247,21 @@ impl Queue {
             if let Some(evicted) = evicted {
                 q.dropped.add(evicted.seq);
                 shed = 1;
-                if q.stalled_since.is_none() {
-                    q.stalled_since = Some(Instant::now());
-                }
+                q.stalled_since.get_or_insert_with(Instant::now);
                 if Arc::ptr_eq(&evicted, item) {
                     return shed;
                 }
             }
         }
         q.push(Arc::clone(item));
-        drop(q);
-        self.notify.notify_one();
         shed
+    }
+
+    /// Items waiting for this connection: queued, plus published and not
+    /// pulled yet.
+    pub(crate) fn backlog(&self, hub: &Hub) -> usize {
+        let q = lock(&self.inner);
+        q.len() + usize::try_from(hub.last_seq().saturating_sub(q.cursor)).unwrap_or(usize::MAX)
     }
 
     /// Appends items (a replay) in order, bypassing shedding: the caller
@@ -208,7 +269,6 @@ impl Queue {
     pub(crate) fn push_replay(&self, items: impl IntoIterator<Item = Arc<Item>>) {
         let mut q = lock(&self.inner);
         for item in items {
-            q.high_water = q.high_water.max(item.seq);
             if q.filter.matches(&item) {
                 q.push(item);
             }
@@ -240,10 +300,6 @@ impl Queue {
             q.stalled_since = None;
         }
         Batch { items, dropped }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        lock(&self.inner).len()
     }
 
     /// How long the queue has been full and shedding, if it is.
@@ -279,12 +335,32 @@ pub struct Replay {
 /// The replay ring and the registry of connection queues.
 #[derive(Debug)]
 pub struct Hub {
-    ring: Mutex<VecDeque<Arc<Item>>>,
+    rings: Mutex<Rings>,
     ring_capacity: usize,
     last_seq: AtomicU64,
-    /// Copy-on-write: `publish` clones one `Arc`, not a thousand.
-    queues: Mutex<Arc<Vec<Arc<Queue>>>>,
+    /// The newest seq, for writers waiting for something to send.
+    announce: watch::Sender<u64>,
+    queues: Mutex<Vec<Arc<Queue>>>,
     pub(crate) stats: Arc<Stats>,
+}
+
+/// The high ring keeps at least this many items, so a connection's queue
+/// (1,024 by default) can be refilled with the high items it missed even
+/// when the replay ring is smaller.
+const HIGH_RING_MIN: usize = 4_096;
+
+/// The replay ring, and the ring of high-priority items that outlive it
+/// for writers that fell behind.
+#[derive(Debug)]
+struct Rings {
+    all: VecDeque<Arc<Item>>,
+    high: VecDeque<Arc<Item>>,
+}
+
+/// The items of `ring` with `seq > since`, cloned (O(log n) to find them).
+fn after(ring: &VecDeque<Arc<Item>>, since: u64) -> Vec<Arc<Item>> {
+    let start = ring.partition_point(|i| i.seq <= since);
+    ring.range(start..).cloned().collect()
 }
 
 impl Hub {
@@ -292,10 +368,14 @@ impl Hub {
     pub fn new(ring_capacity: usize) -> Self {
         let stats = Arc::new(Stats::default());
         Hub {
-            ring: Mutex::new(VecDeque::with_capacity(ring_capacity.min(16_384))),
+            rings: Mutex::new(Rings {
+                all: VecDeque::with_capacity(ring_capacity.min(16_384)),
+                high: VecDeque::new(),
+            }),
             ring_capacity: ring_capacity.max(1),
             last_seq: AtomicU64::new(0),
-            queues: Mutex::new(Arc::new(Vec::new())),
+            announce: watch::Sender::new(0),
+            queues: Mutex::new(Vec::new()),
             stats,
         }
     }
@@ -305,32 +385,63 @@ impl Hub {
         self.last_seq.load(Ordering::Acquire)
     }
 
-    /// Stores `item` for replay and offers it to every connection.
+    /// Stores `item` for replay and tells waiting writers. O(1): the
+    /// connections pull it when they are ready (see the module docs).
     pub fn publish(&self, item: Item) {
         let item = Arc::new(item);
+        let seq = item.seq;
         {
-            let mut ring = lock(&self.ring);
-            if ring.len() >= self.ring_capacity {
-                ring.pop_front();
+            let mut rings = lock(&self.rings);
+            if item.priority == Priority::High {
+                if rings.high.len() >= self.ring_capacity.max(HIGH_RING_MIN) {
+                    rings.high.pop_front();
+                }
+                rings.high.push_back(Arc::clone(&item));
             }
-            ring.push_back(Arc::clone(&item));
-            self.last_seq.fetch_max(item.seq, Ordering::AcqRel);
+            if rings.all.len() >= self.ring_capacity {
+                rings.all.pop_front();
+            }
+            rings.all.push_back(item);
+            self.last_seq.fetch_max(seq, Ordering::AcqRel);
         }
-        let queues = Arc::clone(&lock(&self.queues));
-        let mut shed = 0;
-        for queue in queues.iter() {
-            shed += queue.offer(&item);
+        self.announce.send_if_modified(|last| {
+            *last = (*last).max(seq);
+            true
+        });
+    }
+
+    /// A receiver that changes whenever something is published.
+    pub(crate) fn announcements(&self) -> watch::Receiver<u64> {
+        self.announce.subscribe()
+    }
+
+    /// What a writer at `cursor` has to pull: the high items that fell out
+    /// of the replay ring but not out of the high ring, the seq range lost
+    /// from both (if any), and the replay ring's items after `cursor`.
+    #[allow(clippy::type_complexity)]
+    fn since(&self, cursor: u64) -> (Vec<Arc<Item>>, Option<(u64, u64)>, Vec<Arc<Item>>) {
+        let rings = lock(&self.rings);
+        let fresh = after(&rings.all, cursor);
+        let Some(oldest) = rings.all.front().map(|i| i.seq) else {
+            return (Vec::new(), None, fresh);
+        };
+        if oldest <= cursor + 1 {
+            return (Vec::new(), None, fresh);
         }
-        if shed > 0 {
-            self.stats.dropped(shed);
-        }
+        // Seqs cursor+1 .. oldest-1 are gone from the replay ring.
+        let high: Vec<_> = after(&rings.high, cursor)
+            .into_iter()
+            .take_while(|i| i.seq < oldest)
+            .collect();
+        (high, Some((cursor + 1, oldest - 1)), fresh)
     }
 
     /// Items with `seq > since`, and whether that is all of them.
     pub fn replay(&self, since: u64) -> Replay {
-        let ring = lock(&self.ring);
+        let rings = lock(&self.rings);
+        let ring = &rings.all;
         let oldest = ring.front().map_or(0, |i| i.seq);
-        let items: Vec<_> = ring.iter().filter(|i| i.seq > since).cloned().collect();
+        let items = after(ring, since);
         let last = self.last_seq();
         // Recovered when nothing between `since` and the ring's start was lost.
         let recovered = since >= last || ring.front().is_some_and(|first| first.seq <= since + 1);
@@ -345,23 +456,25 @@ impl Hub {
     /// after it that the ring holds. Returns what was replayed (its `items`
     /// are already queued).
     pub(crate) fn attach(&self, queue: Arc<Queue>, since: Option<u64>) -> Option<Replay> {
-        // Under the ring lock: `publish` pushes to the ring (under it) before
-        // offering to queues, and the queue's high-water mark skips what was
-        // replayed here. Every item reaches the queue exactly once, in order.
-        let ring = lock(&self.ring);
-        let last = ring.back().map_or(0, |i| i.seq);
-        Arc::make_mut(&mut lock(&self.queues)).push(Arc::clone(&queue));
+        // Under the ring lock, so `last` is exact: the queue's cursor starts
+        // there (live) or at `since` (resume), and its writer pulls the rest.
+        // Every item reaches the queue exactly once, in order.
+        let rings = lock(&self.rings);
+        let ring = &rings.all;
+        let last = self.last_seq();
+        lock(&self.queues).push(Arc::clone(&queue));
         let Some(since) = since else {
             // A fresh client starts live: nothing at or before `last`.
-            lock(&queue.inner).high_water = last;
+            lock(&queue.inner).cursor = last;
             return None;
         };
         let oldest = ring.front().map_or(0, |i| i.seq);
-        let items: Vec<_> = ring.iter().filter(|i| i.seq > since).cloned().collect();
+        let items = after(ring, since);
         let recovered = since >= last || ring.front().is_some_and(|first| first.seq <= since + 1);
-        queue.push_replay(items.iter().cloned());
         let mut q = lock(&queue.inner);
-        q.high_water = q.high_water.max(last).max(since);
+        // Resume from what the ring still has; the replay is not shed.
+        q.cursor = since.max(oldest.saturating_sub(1)).min(last);
+        q.replay_until = last;
         drop(q);
         Some(Replay {
             items,
@@ -371,12 +484,21 @@ impl Hub {
     }
 
     pub(crate) fn detach(&self, queue: &Arc<Queue>) {
-        Arc::make_mut(&mut lock(&self.queues)).retain(|q| !Arc::ptr_eq(q, queue));
+        lock(&self.queues).retain(|q| !Arc::ptr_eq(q, queue));
     }
 
     /// The server's counters right now.
     pub fn stats_snapshot(&self) -> crate::stats::StatsSnapshot {
-        self.stats.snapshot()
+        let mut snapshot = self.stats.snapshot();
+        let last = self.last_seq();
+        snapshot.connections_behind = lock(&self.queues)
+            .iter()
+            .filter(|q| {
+                let q_inner = lock(&q.inner);
+                q_inner.len() as u64 + last.saturating_sub(q_inner.cursor) > q.capacity as u64
+            })
+            .count() as u64;
+        snapshot
     }
 
     /// Connections attached now.

@@ -7,7 +7,10 @@
 //! # Core concepts
 //!
 //! - [`Hub`]: a replay ring of the last N items and one bounded queue per
-//!   connection. Each item is encoded once and its bytes shared.
+//!   connection. Each item is encoded once and its bytes shared. Publishing
+//!   is O(1) in the number of connections: each connection's writer pulls
+//!   what is new when it is ready to write, so a stalled client costs nothing
+//!   per event.
 //! - [`Server`]: HTTP and WebSocket on one port; one writer task per
 //!   connection batches what arrived within a short window into one frame.
 //! - Protocol `perfmon.v1` ([`protocol`]): see PROTOCOL.md for every message.

@@ -79,7 +79,10 @@ impl Reply {
 /// Server settings. Every limit has a default fit for a sidecar.
 #[derive(Clone)]
 pub struct Config {
-    /// Events kept for replay. Default 10,000.
+    /// Events kept for replay. Default 10,000. Also how far behind a
+    /// connection can fall before it loses low-priority events it has not
+    /// pulled yet (high-priority ones are kept in a second ring of at least
+    /// 4,096): keep it above `queue_capacity`.
     pub ring_capacity: usize,
     /// Per-connection outgoing queue, in events. Default 1,024.
     pub queue_capacity: usize,
@@ -328,7 +331,7 @@ async fn backend_get(State(shared): State<Arc<Shared>>, req: Request) -> Respons
         last_seq: shared.hub.last_seq(),
     };
     let reply = match path.as_str() {
-        "/api/performance/websocket/status" => Some(Reply::json(&stats.snapshot())),
+        "/api/performance/websocket/status" => Some(Reply::json(&shared.hub.stats_snapshot())),
         _ => shared.backend.get(&path, &query, &info),
     };
     let reply = reply.unwrap_or_else(|| Reply::error(404, &format!("nothing at {path}")));
@@ -439,6 +442,20 @@ enum Control {
     Close(u16, &'static str),
 }
 
+/// Returns when the connection has something to send: a replay queued, or
+/// anything published.
+async fn wake(notify: &tokio::sync::Notify, announcements: &mut tokio::sync::watch::Receiver<u64>) {
+    tokio::select! {
+        () = notify.notified() => {}
+        changed = announcements.changed() => {
+            if changed.is_err() {
+                // The hub is gone: only the other branches can end this.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 async fn connection(
     socket: WebSocket,
     shared: Arc<Shared>,
@@ -458,6 +475,10 @@ async fn connection(
 
     // The welcome, then a room's snapshot, then any replay: in that order,
     // before live events (the queue is attached now but drained later).
+    // Listen before attaching, and start "changed", so nothing published
+    // from here on (or replayed) waits for a later event to be sent.
+    let mut announcements = shared.hub.announcements();
+    announcements.mark_changed();
     let replay = shared.hub.attach(Arc::clone(&queue), since);
     let welcome = protocol::Welcome {
         kind: "welcome",
@@ -538,10 +559,11 @@ async fn connection(
                         }
                         None => break,
                     },
-                    () = queue.notify.notified() => {
-                        if queue.len() < config.batch_max {
+                    () = wake(&queue.notify, &mut announcements) => {
+                        if queue.backlog(&shared.hub) < config.batch_max {
                             tokio::time::sleep(config.batch_window).await;
                         }
+                        queue.pull(&shared.hub);
                         if queue.stalled_for().is_some_and(|d| d >= config.stall_limit) {
                             stats.slow_disconnect(1);
                             let _ = sink.send(close_frame(close::SLOW_CONSUMER, "too slow: reconnect with ?since=")).await;
@@ -564,6 +586,7 @@ async fn connection(
                             break;
                         }
                         loop {
+                            queue.pull(&shared.hub);
                             let batch = queue.take(config.batch_max);
                             if let Some(d) = batch.dropped {
                                 send!('conn, Message::Text(protocol::dropped(d.count, d.first_seq, d.last_seq).into()));
@@ -581,7 +604,7 @@ async fn connection(
                                 Utf8Bytes::from(protocol::batch(batch.items.iter().map(|i| i.json.as_str())))
                             };
                             send!('conn, Message::Text(frame));
-                            if queue.len() == 0 {
+                            if queue.backlog(&shared.hub) == 0 {
                                 break;
                             }
                         }
@@ -788,7 +811,7 @@ fn handle_command(
         }
         Command::GetMetrics => {
             vec![
-                serde_json::json!({"type": "metrics", "data": shared.hub.stats.snapshot()})
+                serde_json::json!({"type": "metrics", "data": shared.hub.stats_snapshot()})
                     .to_string(),
             ]
         }

@@ -49,6 +49,10 @@ pub struct StatsSnapshot {
     pub errors: u64,
     /// Clients disconnected for reading too slowly.
     pub slow_disconnects: u64,
+    /// Connections more than their queue's capacity behind the newest
+    /// event right now: they will be told what they lost (`dropped`) when
+    /// their writer catches up, or be closed if they stay stalled.
+    pub connections_behind: u64,
     /// Publish → write latency, median, in milliseconds.
     pub latency_p50_ms: f64,
     /// Publish → write latency, 99th percentile, in milliseconds.
@@ -131,6 +135,7 @@ impl Stats {
             rate_limited: get(&self.rate_limited),
             errors: get(&self.errors),
             slow_disconnects: get(&self.slow_disconnects),
+            connections_behind: 0,
             latency_p50_ms: p50,
             latency_p99_ms: p99,
         }

@@ -428,9 +428,11 @@ async fn a_stalled_client_loses_low_priority_first_and_others_get_everything() {
     let status = reqwest_get(&server, "/api/performance/websocket/status")
         .await
         .1;
-    assert!(
-        status["dropped"].as_u64().unwrap() > 0,
-        "the stalled client shed events: {status}"
+    // Its writer is blocked on the full socket: nothing is shed yet, but
+    // the server shows it is behind.
+    assert_eq!(
+        status["connections_behind"], 1,
+        "the stalled client is behind: {status}"
     );
     // Now drain the stalled client: a `dropped` notice, and the high-priority
     // events survived better than the low ones.
@@ -465,6 +467,14 @@ async fn a_stalled_client_loses_low_priority_first_and_others_get_everything() {
         }
     }
     assert!(saw_dropped, "the stalled client is told");
+    let status = reqwest_get(&server, "/api/performance/websocket/status")
+        .await
+        .1;
+    assert!(
+        status["dropped"].as_u64().unwrap() > 0,
+        "what it lost is counted: {status}"
+    );
+    assert_eq!(status["connections_behind"], 0, "{status}");
     assert!(
         high * 9 > low,
         "high-priority events are kept first (high {high}, low {low})"
