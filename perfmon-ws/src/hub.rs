@@ -192,7 +192,11 @@ impl Queue {
         if hub.last_seq() <= cursor {
             return 0;
         }
-        let (missed_high, lost, fresh) = hub.since(cursor);
+        let Pull {
+            missed_high,
+            lost,
+            fresh,
+        } = hub.since(cursor);
         let mut q = lock(&self.inner);
         if q.closed || q.cursor != cursor {
             return 0; // closed, or a concurrent pull got there first
@@ -357,6 +361,17 @@ struct Rings {
     high: VecDeque<Arc<Item>>,
 }
 
+/// What a writer at some cursor has to pull from the hub.
+#[derive(Debug)]
+struct Pull {
+    /// High items that fell out of the replay ring but not the high ring.
+    missed_high: Vec<Arc<Item>>,
+    /// The seq range that fell out of the replay ring, if any.
+    lost: Option<(u64, u64)>,
+    /// The replay ring's items after the cursor.
+    fresh: Vec<Arc<Item>>,
+}
+
 /// The items of `ring` with `seq > since`, cloned (O(log n) to find them).
 fn after(ring: &VecDeque<Arc<Item>>, since: u64) -> Vec<Arc<Item>> {
     let start = ring.partition_point(|i| i.seq <= since);
@@ -415,25 +430,28 @@ impl Hub {
         self.announce.subscribe()
     }
 
-    /// What a writer at `cursor` has to pull: the high items that fell out
-    /// of the replay ring but not out of the high ring, the seq range lost
-    /// from both (if any), and the replay ring's items after `cursor`.
-    #[allow(clippy::type_complexity)]
-    fn since(&self, cursor: u64) -> (Vec<Arc<Item>>, Option<(u64, u64)>, Vec<Arc<Item>>) {
+    /// What a writer at `cursor` has to pull.
+    fn since(&self, cursor: u64) -> Pull {
         let rings = lock(&self.rings);
         let fresh = after(&rings.all, cursor);
-        let Some(oldest) = rings.all.front().map(|i| i.seq) else {
-            return (Vec::new(), None, fresh);
-        };
+        let oldest = rings.all.front().map_or(0, |i| i.seq);
         if oldest <= cursor + 1 {
-            return (Vec::new(), None, fresh);
+            return Pull {
+                missed_high: Vec::new(),
+                lost: None,
+                fresh,
+            };
         }
         // Seqs cursor+1 .. oldest-1 are gone from the replay ring.
         let high: Vec<_> = after(&rings.high, cursor)
             .into_iter()
             .take_while(|i| i.seq < oldest)
             .collect();
-        (high, Some((cursor + 1, oldest - 1)), fresh)
+        Pull {
+            missed_high: high,
+            lost: Some((cursor + 1, oldest - 1)),
+            fresh,
+        }
     }
 
     /// Items with `seq > since`, and whether that is all of them.

@@ -115,6 +115,16 @@ async fn until(client: &Client, what: &str, expr: &str) -> Value {
     }
 }
 
+/// Waits for the page's connection indicator to say `live`.
+async fn until_live(client: &Client, what: &str) {
+    until(
+        client,
+        what,
+        r##"document.querySelector("#conn").dataset.state === "live""##,
+    )
+    .await;
+}
+
 async fn js(client: &Client, expr: &str) -> Value {
     client
         .execute(&format!("return ({expr});"), vec![])
@@ -217,12 +227,7 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
     let sidecar = serve_on(&monitor, "127.0.0.1:0".parse().unwrap(), None).await;
     let addr = sidecar.local_addr();
     client.goto(&sidecar.url()).await.unwrap();
-    until(
-        &client,
-        "the live indicator",
-        r##"document.querySelector("#conn").dataset.state === "live""##,
-    )
-    .await;
+    until_live(&client, "the live indicator").await;
 
     // A pipeline appears and its agents progress.
     let (release, held) = mpsc::channel();
@@ -348,12 +353,7 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
         .unwrap();
     assert!(!missed.outcome.is_failure());
     let sidecar = serve_on(&monitor, addr, None).await;
-    until(
-        &client,
-        "live again",
-        r##"document.querySelector("#conn").dataset.state === "live""##,
-    )
-    .await;
+    until_live(&client, "live again").await;
     until(
         &client,
         "the pipeline that ran while the sidecar was down",
@@ -380,12 +380,7 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
         .goto(&format!("{}#token=s3cret", guarded.url()))
         .await
         .unwrap();
-    until(
-        &client,
-        "live with the token",
-        r##"document.querySelector("#conn").dataset.state === "live""##,
-    )
-    .await;
+    until_live(&client, "live with the token").await;
     until(
         &client,
         "the cards, read with the token",
