@@ -7,7 +7,9 @@
 //! Installs the Prometheus recorder first (per-agent handles are registered
 //! when an agent is first seen), runs two small pipelines and prints the
 //! Prometheus text exposition of the `perfmon_*` metrics. In a service you
-//! would serve `handle.render()` on `/metrics` instead (the `ws` sidecar does).
+//! would serve `handle.render()` on `/metrics`. The `ws` sidecar's own
+//! `/metrics` needs no recorder: it renders the same families from the
+//! monitor's numbers.
 
 use std::time::Duration;
 

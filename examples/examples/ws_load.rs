@@ -247,10 +247,7 @@ async fn run(args: &Args, naive: bool) -> Outcome {
         let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
         tokio::spawn(naive_server(listener, Arc::clone(&peers)));
     } else {
-        let config = Config {
-            max_connections: 20_000,
-            ..Config::default()
-        };
+        let config = Config::default().max_connections(20_000);
         server = Some(
             Server::start(std_listener, config, Arc::new(NoBackend), Arc::clone(&hub))
                 .expect("server"),

@@ -165,11 +165,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let monitor = perfmon::Monitor::builder().metrics(false).build();
-    let config = perfmon_ws::Config {
-        stall_limit: Duration::from_secs(3_600),
-        max_connections: 20_000,
-        ..perfmon_ws::Config::default()
-    };
+    let config = perfmon_ws::Config::default()
+        .stall_limit(Duration::from_secs(3_600))
+        .max_connections(20_000);
     let sidecar = perfmon::ws::Sidecar::builder()
         .bind("127.0.0.1:0")
         .config(config)

@@ -7,13 +7,14 @@ use axum::http::{HeaderMap, header};
 use subtle::ConstantTimeEq;
 
 /// The credentials a request carries.
+#[non_exhaustive]
 pub struct Access<'a> {
     /// `Authorization: Bearer <token>`.
     pub bearer: Option<&'a str>,
     /// `?token=<token>` (for browsers, which cannot set headers on WebSockets).
     pub query_token: Option<String>,
-    /// All request headers, for custom schemes (JWT, cookies, ...).
-    pub headers: &'a HeaderMap,
+    /// All request headers: read them with [`Access::header`].
+    headers: &'a HeaderMap,
 }
 
 impl std::fmt::Debug for Access<'_> {
@@ -35,16 +36,22 @@ impl<'a> Access<'a> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let query_token = query.and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("token="))
-                .map(percent_decode)
-        });
+        // Parsed as axum's `Query` does; a malformed query carries no token.
+        let query_token = query
+            .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+            .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "token"))
+            .map(|(_, v)| v);
         Access {
             bearer,
             query_token,
             headers,
         }
+    }
+
+    /// A request header's value, for custom schemes (JWT, cookies, ...);
+    /// `None` if absent or not text.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The token from the header, else from the query.

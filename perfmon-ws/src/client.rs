@@ -76,6 +76,7 @@ pub enum ConnectionState {
 
 /// Configures a [`Client`].
 #[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .connect()"]
 pub struct ClientBuilder {
     url: String,
     token: Option<String>,
@@ -103,6 +104,7 @@ pub enum SendError {
 
 /// A connection that reconnects and resumes by itself; see [`Client::builder`].
 #[derive(Debug)]
+#[must_use = "the client disconnects when dropped: keep it while you read events"]
 pub struct Client {
     incoming: mpsc::Receiver<Received>,
     commands: mpsc::Sender<String>,

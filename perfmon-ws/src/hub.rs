@@ -12,6 +12,19 @@
 //! [`Priority`]) goes first, and the connection is told what it missed. A
 //! writer that fell behind the ring takes the high items it missed from the
 //! high ring, and counts the rest as dropped.
+//!
+//! # Lock order
+//!
+//! Three kinds of lock, always taken in this order, never the other way:
+//!
+//! 1. `Hub::rings` (the replay and high rings),
+//! 2. `Hub::queues` (the registry of connection queues),
+//! 3. one `Queue::inner` (a connection's queue).
+//!
+//! `attach` holds 1, then 2, then 3, so that a new queue's cursor is exact.
+//! `Queue::pull` takes 3 to read its cursor and releases it, takes 1 to copy
+//! what is new and releases it, then takes 3 again: never 1 while holding 3.
+//! `stats_snapshot` takes 2, then each 3 in turn.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +38,7 @@ use crate::stats::Stats;
 
 /// How much an item matters when a slow client's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Priority {
     /// Dropped first: progress reports, thoughts, periodic state.
     Low,
@@ -34,6 +48,7 @@ pub enum Priority {
 
 /// One already-encoded message for subscribers.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Item {
     /// Gap-free sequence number assigned by the publisher.
     pub seq: u64,
@@ -45,14 +60,43 @@ pub struct Item {
     pub tag: Option<Arc<str>>,
     /// What to shed first under backpressure.
     pub priority: Priority,
-    /// The JSON object, encoded once and shared by every connection.
-    pub json: Utf8Bytes,
+    /// The JSON object, encoded once and shared by every connection
+    /// (read it with [`Item::json`]).
+    pub(crate) json: Utf8Bytes,
     /// When it was published, for publish→send latency.
     pub published: Instant,
 }
 
+impl Item {
+    /// The item's JSON text.
+    pub fn json(&self) -> &str {
+        self.json.as_str()
+    }
+}
+
+/// Builds an [`Item`] stamped now.
+pub fn item(
+    seq: u64,
+    topic: Option<Arc<str>>,
+    kind: Arc<str>,
+    tag: Option<Arc<str>>,
+    priority: Priority,
+    json: String,
+) -> Item {
+    Item {
+        seq,
+        topic,
+        kind,
+        tag,
+        priority,
+        json: Utf8Bytes::from(json),
+        published: Instant::now(),
+    }
+}
+
 /// Which items a connection wants. Empty lists mean "all".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Filter {
     /// Fixed by the URL (`/ws/{topic}`); `None` for `/ws`.
     pub room: Option<String>,
@@ -84,6 +128,7 @@ impl Filter {
 
 /// What a connection lost to backpressure since it was last told.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Dropped {
     /// How many items.
     pub count: u64,
@@ -327,6 +372,7 @@ impl Queue {
 
 /// The result of asking for what came after a seq.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Replay {
     /// The items after `since` still in the ring, in order.
     pub items: Vec<Arc<Item>>,
@@ -336,7 +382,8 @@ pub struct Replay {
     pub oldest: u64,
 }
 
-/// The replay ring and the registry of connection queues.
+/// The replay ring and the registry of connection queues. See the module
+/// docs for the lock order.
 #[derive(Debug)]
 pub struct Hub {
     rings: Mutex<Rings>,
@@ -522,5 +569,99 @@ impl Hub {
     /// Connections attached now.
     pub fn connections(&self) -> usize {
         lock(&self.queues).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What happens to a connection's queue, in order.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The hub publishes an item of this priority.
+        Publish(bool),
+        /// The writer pulls what is new.
+        Pull,
+        /// The writer takes up to n items.
+        Take(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => any::<bool>().prop_map(Step::Publish),
+            1 => Just(Step::Pull),
+            1 => (1usize..8).prop_map(Step::Take),
+        ]
+    }
+
+    fn publish(hub: &Hub, seq: u64, high: bool) {
+        let priority = if high { Priority::High } else { Priority::Low };
+        hub.publish(item(
+            seq,
+            None,
+            "e".into(),
+            None,
+            priority,
+            format!("{seq}"),
+        ));
+    }
+
+    proptest! {
+        /// Whatever the interleaving: what a connection receives is in seq
+        /// order with no duplicate, and every published item is either
+        /// received or counted as dropped.
+        #[test]
+        fn no_duplicate_no_reordering_nothing_unaccounted(
+            steps in proptest::collection::vec(step(), 1..200),
+            capacity in 1usize..12,
+        ) {
+            let hub = Hub::new(1_000);
+            let queue = Arc::new(Queue::new(capacity, Filter::default()));
+            let _ = hub.attach(Arc::clone(&queue), None);
+            let (mut seq, mut received, mut dropped) = (0u64, Vec::new(), 0u64);
+            for step in steps.into_iter().chain([Step::Pull, Step::Take(usize::MAX)]) {
+                match step {
+                    Step::Publish(high) => { seq += 1; publish(&hub, seq, high); }
+                    Step::Pull => { queue.pull(&hub); }
+                    Step::Take(n) => {
+                        let batch = queue.take(n);
+                        received.extend(batch.items.iter().map(|i| i.seq));
+                        dropped += batch.dropped.map_or(0, |d| d.count);
+                    }
+                }
+            }
+            prop_assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, no duplicate: {received:?}");
+            prop_assert_eq!(received.len() as u64 + dropped, seq);
+        }
+
+        /// With no take in between, a full queue keeps the high items: low
+        /// ones are shed first, and a high one only when no low one is left.
+        #[test]
+        fn low_priority_is_shed_first_and_high_only_when_no_low_is_left(
+            priorities in proptest::collection::vec(any::<bool>(), 1..100),
+            capacity in 1usize..20,
+        ) {
+            let hub = Hub::new(1_000);
+            let queue = Arc::new(Queue::new(capacity, Filter::default()));
+            let _ = hub.attach(Arc::clone(&queue), None);
+            for (i, &high) in priorities.iter().enumerate() {
+                publish(&hub, i as u64 + 1, high);
+                queue.pull(&hub);
+            }
+            let batch = queue.take(usize::MAX);
+            let highs = priorities.iter().filter(|&&h| h).count();
+            let kept_highs = batch.items.iter().filter(|i| i.priority == Priority::High).count();
+            prop_assert_eq!(batch.items.len(), priorities.len().min(capacity));
+            prop_assert_eq!(kept_highs, highs.min(capacity), "high items kept while low ones could go");
+            // The high items shed, if any, are the oldest ones.
+            let kept: Vec<u64> = batch.items.iter().filter(|i| i.priority == Priority::High).map(|i| i.seq).collect();
+            let newest_highs: Vec<u64> = priorities.iter().enumerate()
+                .filter(|(_, h)| **h).map(|(i, _)| i as u64 + 1)
+                .collect::<Vec<_>>().into_iter().rev().take(kept.len()).rev().collect();
+            prop_assert_eq!(kept, newest_highs);
+        }
     }
 }

@@ -22,7 +22,7 @@
 //! ```no_run
 //! # async fn run(backend: std::sync::Arc<dyn perfmon_ws::Backend>) -> Result<(), perfmon_ws::Error> {
 //! use perfmon_ws::{Config, Hub, Priority, Server, item};
-//! let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| perfmon_ws::Error::Bind {
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| perfmon_ws::Error::Listener {
 //!     addr: "127.0.0.1:0".into(),
 //!     source: e,
 //! })?;
@@ -33,15 +33,25 @@
 //! # Ok(()) }
 //! ```
 
+// Dependency order, bottom to top (no two modules import each other):
+//   stats, auth, config, backend → protocol, hub → shared → connection
+//   → routes → server;  client stands alone (it uses only protocol).
 mod auth;
+mod backend;
 mod client;
+mod config;
+mod connection;
 mod hub;
 pub mod protocol;
+mod routes;
 mod server;
+mod shared;
 mod stats;
 
 pub use auth::{Access, AuthError, Authorizer, BearerToken, percent_decode};
+pub use backend::{Backend, Reply, ServerInfo};
 pub use client::{Client, ClientBuilder, ConnectionState, Received, SendError};
-pub use hub::{Dropped, Filter, Hub, Item, Priority, Replay};
-pub use server::{Backend, Config, Error, Reply, Server, ServerInfo, item};
+pub use config::Config;
+pub use hub::{Dropped, Filter, Hub, Item, Priority, Replay, item};
+pub use server::{Error, Server};
 pub use stats::{Stats, StatsSnapshot};

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::StatsSnapshot;
+
 /// The subprotocol name, and the `protocol` field of `welcome`.
 pub const PROTOCOL: &str = "perfmon.v1";
 
@@ -15,6 +17,7 @@ pub const PROTOCOL_DEFLATE: &str = "perfmon.v1.deflate";
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum Command {
     /// `{"type":"ping","id":7}`: answered with `pong` (echoing `id`).
     Ping {
@@ -45,6 +48,7 @@ pub enum Command {
 /// The filter lists of `subscribe` / `unsubscribe`; each is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Lists {
     /// Pipeline ids (topics).
     #[serde(default)]
@@ -67,6 +71,8 @@ pub mod codes {
     pub const NOT_FOUND: &str = "not_found";
     /// A binary frame: the protocol is JSON text.
     pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
+    /// The server failed to encode its own reply (a bug: please report it).
+    pub const INTERNAL: &str = "internal";
 }
 
 /// WebSocket close codes the server uses.
@@ -83,38 +89,64 @@ pub mod close {
     pub const IDLE: u16 = 4001;
 }
 
-/// `welcome`: the first message on every connection.
+/// Every message the server writes itself (events come pre-encoded), as
+/// one typed enum: `{"type": "<variant>", ...fields}`. See PROTOCOL.md.
 #[derive(Debug, Serialize)]
-pub(crate) struct Welcome<'a> {
-    #[serde(rename = "type")]
-    pub(crate) kind: &'static str,
-    pub(crate) session: u64,
-    pub(crate) protocol: &'static str,
-    pub(crate) last_seq: u64,
-    pub(crate) room: Option<&'a str>,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum ServerMessage<'a> {
+    /// The first message on every connection.
+    Welcome {
+        session: u64,
+        protocol: &'static str,
+        last_seq: u64,
+        room: Option<&'a str>,
+    },
+    /// The state of a pipeline (a room's first message, or `get_snapshot`).
+    Snapshot {
+        pipeline: Option<&'a str>,
+        data: serde_json::Value,
+    },
+    /// How a resume (`?since=` or `replay`) went; the replayed events follow.
+    Resumed {
+        since: u64,
+        recovered: bool,
+        replayed: usize,
+        oldest_seq: u64,
+    },
+    /// A command was refused; the connection stays.
+    Error { code: &'a str, message: &'a str },
+    /// The answer to `ping`.
+    Pong { id: Option<u64> },
+    /// Events this connection lost to backpressure.
+    Dropped {
+        count: u64,
+        first_seq: u64,
+        last_seq: u64,
+    },
+    /// The connection's filter after `subscribe` / `unsubscribe`.
+    Subscribed {
+        room: Option<&'a str>,
+        pipelines: &'a [String],
+        types: &'a [String],
+        agents: &'a [String],
+    },
+    /// The server's counters (`get_metrics`).
+    Metrics { data: &'a StatsSnapshot },
 }
 
-/// `replay` result: how a resume went.
-#[derive(Debug, Serialize)]
-pub(crate) struct Resumed {
-    #[serde(rename = "type")]
-    pub(crate) kind: &'static str,
-    pub(crate) since: u64,
-    pub(crate) recovered: bool,
-    pub(crate) replayed: usize,
-    pub(crate) oldest_seq: u64,
-}
-
-pub(crate) fn error(code: &str, message: &str) -> String {
-    serde_json::json!({"type": "error", "code": code, "message": message}).to_string()
-}
-
-pub(crate) fn pong(id: Option<u64>) -> String {
-    serde_json::json!({"type": "pong", "id": id}).to_string()
-}
-
-pub(crate) fn dropped(count: u64, first_seq: u64, last_seq: u64) -> String {
-    serde_json::json!({"type": "dropped", "count": count, "first_seq": first_seq, "last_seq": last_seq}).to_string()
+impl ServerMessage<'_> {
+    /// The message as JSON text.
+    pub(crate) fn encode(&self) -> String {
+        // A derived `Serialize` of strings, numbers and JSON values cannot
+        // fail; if it ever did, the client gets a well-formed error instead.
+        serde_json::to_string(self).unwrap_or_else(|err| {
+            format!(
+                r#"{{"type":"error","code":"{}","message":"could not encode a reply: {}"}}"#,
+                codes::INTERNAL,
+                err.to_string().replace('"', "'")
+            )
+        })
+    }
 }
 
 /// A `batch` frame from already-encoded events, without decoding them.
@@ -154,6 +186,30 @@ mod tests {
         assert!(serde_json::from_str::<Command>(r#"{"type":"replay"}"#).is_err());
         assert!(serde_json::from_str::<Command>(r#"{"type":"ping","bogus":1}"#).is_err());
         assert!(serde_json::from_str::<Command>(r#"{"type":"launch_missiles"}"#).is_err());
+    }
+
+    #[test]
+    fn server_messages_carry_their_type_first() {
+        let text = ServerMessage::Dropped {
+            count: 3,
+            first_seq: 5,
+            last_seq: 9,
+        }
+        .encode();
+        assert_eq!(
+            text,
+            r#"{"type":"dropped","count":3,"first_seq":5,"last_seq":9}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(
+            &ServerMessage::Error {
+                code: codes::BAD_MESSAGE,
+                message: "not \"json\"",
+            }
+            .encode(),
+        )
+        .unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["message"], "not \"json\"");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub struct Stats {
 
 /// A point-in-time copy of [`Stats`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct StatsSnapshot {
     /// Open WebSocket connections.
     pub connections_active: u64,

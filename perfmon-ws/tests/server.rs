@@ -170,10 +170,7 @@ async fn subscribe_filters_by_type_and_ping_answers() {
 
 #[tokio::test]
 async fn resume_with_since_is_gap_free_and_says_when_it_cannot_be() {
-    let config = Config {
-        ring_capacity: 50,
-        ..Config::default()
-    };
+    let config = Config::default().ring_capacity(50);
     let server = start(config);
     for seq in 1..=40 {
         publish(&server, seq, "p", "agent_completed", Priority::High);
@@ -255,11 +252,7 @@ async fn an_oversized_message_closes_with_1009() {
 
 #[tokio::test]
 async fn a_flood_is_rate_limited_then_closed_with_1008() {
-    let config = Config {
-        rate_per_second: 10.0,
-        rate_burst: 20,
-        ..Config::default()
-    };
+    let config = Config::default().rate_per_second(10.0).rate_burst(20);
     let server = start(config);
     let mut ws = connect(&server, "/ws").await;
     next_json(&mut ws).await;
@@ -315,11 +308,9 @@ async fn raw_get(server: &Server, path_and_query: &str, headers: &[(&str, &str)]
 
 #[tokio::test]
 async fn tokens_and_origins_are_checked_before_the_upgrade() {
-    let config = Config {
-        authorizer: Some(Arc::new(BearerToken::new("s3cret"))),
-        allowed_origins: Some(vec!["http://127.0.0.1:3000".into()]),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .authorizer(BearerToken::new("s3cret"))
+        .allowed_origins(Some(vec!["http://127.0.0.1:3000".into()]));
     let server = start(config);
     let url = format!("ws://{}/ws", server.local_addr());
     let err = tokio_tungstenite::connect_async(&url)
@@ -367,10 +358,7 @@ async fn tokens_and_origins_are_checked_before_the_upgrade() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_get_503() {
-    let server = start(Config {
-        max_connections: 2,
-        ..Config::default()
-    });
+    let server = start(Config::default().max_connections(2));
     let mut a = connect(&server, "/ws").await;
     let mut b = connect(&server, "/ws").await;
     next_json(&mut a).await;
@@ -383,10 +371,7 @@ async fn connections_beyond_the_limit_get_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_loses_low_priority_first_and_others_get_everything() {
-    let config = Config {
-        queue_capacity: 256,
-        ..Config::default()
-    };
+    let config = Config::default().queue_capacity(256);
     let server = start(config);
     // The stalled client never reads; the kernel buffers fill, then its queue.
     let mut stalled = connect(&server, "/ws").await;
@@ -496,10 +481,7 @@ async fn shutdown_closes_every_client_with_1001() {
 
 #[tokio::test]
 async fn a_silent_client_is_closed_with_4001() {
-    let server = start(Config {
-        idle_timeout: Duration::from_millis(300),
-        ..Config::default()
-    });
+    let server = start(Config::default().idle_timeout(Duration::from_millis(300)));
     let mut ws = connect(&server, "/ws").await;
     next_json(&mut ws).await;
     // Send nothing: no command, no pong (the server's pings are 30 s apart).
@@ -508,11 +490,9 @@ async fn a_silent_client_is_closed_with_4001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_and_counted() {
-    let config = Config {
-        queue_capacity: 16,
-        stall_limit: Duration::from_millis(300),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .queue_capacity(16)
+        .stall_limit(Duration::from_millis(300));
     let server = start(config);
     let mut ws = connect(&server, "/ws").await;
     next_json(&mut ws).await;
@@ -632,10 +612,7 @@ fn seqs_of(texts: &[String]) -> Vec<u64> {
 
 #[tokio::test]
 async fn compressed_frames_carry_the_same_events_in_fewer_bytes() {
-    let server = start(Config {
-        compression: true,
-        ..Config::default()
-    });
+    let server = start(Config::default().compression(true));
     let mut plain = connect(&server, "/ws").await;
     let req = deflate_request(&server);
     let (mut deflated, response) = tokio_tungstenite::connect_async(req).await.unwrap();

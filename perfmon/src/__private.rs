@@ -8,8 +8,9 @@ pub use tracing;
 use tracing::Span;
 use tracing::span::EnteredSpan;
 
+use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
 use crate::guard::TrackedAgent;
-use crate::layer::{ERROR_FIELD, OUTCOME_FIELD};
+use crate::outcome::Outcome;
 
 /// The error text of an `Err`, for `Result`-returning functions.
 #[inline]
@@ -66,14 +67,14 @@ impl SyncScope {
             self.span.record(ERROR_FIELD, error.as_str());
         }
         if self.ends_pipeline {
-            self.span.record(
-                OUTCOME_FIELD,
-                if error.is_some() {
-                    "failed"
-                } else {
-                    "succeeded"
-                },
-            );
+            let outcome = if error.is_some() {
+                Outcome::Failed {
+                    error: String::new(),
+                }
+            } else {
+                Outcome::Succeeded
+            };
+            self.span.record(OUTCOME_FIELD, outcome.as_str());
         }
     }
 }
@@ -85,9 +86,9 @@ impl Drop for SyncScope {
             return;
         }
         if std::thread::panicking() {
-            self.span.record(OUTCOME_FIELD, "panicked");
+            self.span.record(OUTCOME_FIELD, Outcome::Panicked.as_str());
         } else if self.ends_pipeline {
-            self.span.record(OUTCOME_FIELD, "succeeded");
+            self.span.record(OUTCOME_FIELD, Outcome::Succeeded.as_str());
         }
     }
 }

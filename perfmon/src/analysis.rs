@@ -123,7 +123,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::record::Outcome;
+    use crate::outcome::Outcome;
 
     fn run(agent: &str, start_ms: u64, dur_ms: u64, parent: Option<usize>) -> AgentRun {
         AgentRun {
@@ -211,7 +211,7 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::record::Outcome;
+    use crate::outcome::Outcome;
 
     fn runs_from(intervals: &[(u64, u64)]) -> Vec<AgentRun> {
         let mut runs: Vec<AgentRun> = intervals

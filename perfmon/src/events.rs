@@ -11,22 +11,29 @@
 //! out through a bounded broadcast ring. A subscriber that lags behind the
 //! ring loses the oldest events and is told how many
 //! ([`Subscription::missed`]); nobody else is affected.
+//!
+//! When the last [`Monitor`](crate::Monitor) handle is dropped, the bus is
+//! closed: the dispatcher drains what is queued, is joined, and every
+//! subscription ends (`recv` returns `None`) once it has read the rest.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::record::{Outcome, PipelineReport, ser};
+use crate::metrics;
+use crate::outcome::Outcome;
+use crate::record::{PipelineReport, ser};
 
 /// One thing that happened, as streamed to subscribers and over the wire.
 ///
 /// JSON: `{"type": "...", "seq": 1, "ts": <unix ms>, "pipeline": "id" | null, "data": {...}}`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Event {
     /// Gap-free, increasing per monitor, starting at 1.
     pub seq: u64,
@@ -154,38 +161,69 @@ const ACTIVE_INTERVAL: Duration = Duration::from_millis(2);
 const IDLE_PARK: Duration = Duration::from_millis(100);
 /// Empty drains in a row before the dispatcher sleeps until woken.
 const IDLE_ROUNDS: u32 = 250;
+/// How often the dispatcher mirrors the drop count into the `metrics` facade.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// Set in `listeners` once the bus is closed: `is_active` is then false
+/// whatever the count, with one load on the hot path.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The hot-path side of the stream.
 #[derive(Debug)]
 pub(crate) struct Bus {
     queue: ArrayQueue<Event>,
-    /// Shared with each [`Subscription`], which must not keep the bus (and
-    /// so the broadcast sender) alive: `recv` ends when the monitor is gone.
+    /// Live subscriptions, plus the `CLOSED` bit. Shared with each
+    /// [`Subscription`], which must not keep the bus (and so the broadcast
+    /// sender) alive.
     listeners: Arc<AtomicUsize>,
     dropped: AtomicU64,
     published: AtomicU64,
     sleeping: AtomicBool,
-    sender: broadcast::Sender<Event>,
-    dispatcher: std::sync::OnceLock<thread::Thread>,
+    /// The broadcast sender; `None` once closed. Its lock is also the drain
+    /// lock: whoever drains numbers the events, so `seq` stays gap-free and
+    /// in order whether the dispatcher or a `flush` drains.
+    sender: Mutex<Option<broadcast::Sender<Event>>>,
+    subscriber_capacity: usize,
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+    dispatcher_thread: std::sync::OnceLock<Thread>,
+    /// Threads to wake after a drain moved events (exporters).
+    wakers: Mutex<Vec<Thread>>,
+    spawn_failures: AtomicU64,
+    /// Mirror `dropped` into the `metrics` facade (from the dispatcher).
+    export_metrics: bool,
 }
 
 impl Bus {
-    pub(crate) fn new(queue_capacity: usize, subscriber_capacity: usize) -> Self {
+    pub(crate) fn new(
+        queue_capacity: usize,
+        subscriber_capacity: usize,
+        export_metrics: bool,
+    ) -> Self {
         Bus {
             queue: ArrayQueue::new(queue_capacity),
             listeners: Arc::new(AtomicUsize::new(0)),
             dropped: AtomicU64::new(0),
             published: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
-            sender: broadcast::Sender::new(subscriber_capacity),
-            dispatcher: std::sync::OnceLock::new(),
+            sender: Mutex::new(Some(broadcast::Sender::new(subscriber_capacity))),
+            subscriber_capacity,
+            dispatcher: Mutex::new(None),
+            dispatcher_thread: std::sync::OnceLock::new(),
+            wakers: Mutex::new(Vec::new()),
+            spawn_failures: AtomicU64::new(0),
+            export_metrics,
         }
     }
 
-    /// `true` when someone listens; check before building an event.
+    /// `true` when someone listens and the bus is open; check before
+    /// building an event.
     #[inline]
     pub(crate) fn is_active(&self) -> bool {
-        self.listeners.load(Ordering::Relaxed) > 0
+        let listeners = self.listeners.load(Ordering::Relaxed);
+        listeners > 0 && listeners < CLOSED
     }
 
     /// Queues an event without ever waiting. `seq` is assigned later.
@@ -204,7 +242,7 @@ impl Bus {
         // it would read the queue's contended head and tail on every event.
         if self.sleeping.load(Ordering::Relaxed)
             && self.sleeping.swap(false, Ordering::AcqRel)
-            && let Some(thread) = self.dispatcher.get()
+            && let Some(thread) = self.dispatcher_thread.get()
         {
             thread.unpark();
         }
@@ -218,64 +256,141 @@ impl Bus {
         self.published.load(Ordering::Relaxed)
     }
 
-    /// Moves everything queued to the subscribers. Returns how many events moved.
-    fn drain(&self) -> usize {
+    /// Dispatcher threads that could not be spawned.
+    pub(crate) fn spawn_failures(&self) -> u64 {
+        self.spawn_failures.load(Ordering::Relaxed)
+    }
+
+    /// Moves everything queued to the subscribers, numbering it. Returns how
+    /// many events moved. Safe from any thread: see `sender`.
+    pub(crate) fn drain(&self) -> usize {
         let mut moved = 0;
-        while let Some(mut event) = self.queue.pop() {
-            // Only the dispatcher thread numbers events, so seq is gap-free.
-            event.seq = self.published.fetch_add(1, Ordering::Relaxed) + 1;
-            // An error here means no receiver right now: nothing to do.
-            let _ = self.sender.send(event);
-            moved += 1;
+        {
+            let sender = lock(&self.sender);
+            while let Some(mut event) = self.queue.pop() {
+                event.seq = self.published.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(sender) = sender.as_ref() {
+                    // An error here means no receiver right now: nothing to do.
+                    let _ = sender.send(event);
+                }
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            for thread in lock(&self.wakers).iter() {
+                thread.unpark();
+            }
         }
         moved
     }
+
+    /// Wakes `thread` after every drain that moved events.
+    pub(crate) fn wake_on_events(&self, thread: Thread) {
+        lock(&self.wakers).push(thread);
+    }
+
+    /// Stops waking `thread`.
+    pub(crate) fn stop_waking(&self, thread: &Thread) {
+        lock(&self.wakers).retain(|t| t.id() != thread.id());
+    }
+
+    /// A new receiver, or `None` once closed.
+    fn receiver(&self) -> Option<broadcast::Receiver<Event>> {
+        lock(&self.sender)
+            .as_ref()
+            .map(broadcast::Sender::subscribe)
+    }
+
+    /// Closes the bus: nothing more is published to subscribers; the
+    /// dispatcher drains what is queued and is joined; subscriptions end
+    /// once they have read what was sent. Idempotent.
+    pub(crate) fn close(&self) {
+        self.listeners.fetch_or(CLOSED, Ordering::Relaxed);
+        let dispatcher = lock(&self.dispatcher).take();
+        if let Some(handle) = dispatcher {
+            handle.thread().unpark();
+            if handle.thread().id() != thread::current().id() {
+                // The dispatcher runs no user code and exits within one
+                // park interval of seeing CLOSED.
+                let _ = handle.join();
+            }
+        }
+        self.drain();
+        // Dropping the only sender ends every `recv` after the backlog.
+        lock(&self.sender).take();
+        for thread in lock(&self.wakers).iter() {
+            thread.unpark();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.listeners.load(Ordering::Relaxed) >= CLOSED
+    }
 }
 
-/// Starts the dispatcher thread of `bus` once. It exits when the monitor is gone.
+/// Starts the dispatcher thread of `bus` once. It exits when the bus is
+/// closed or gone. A failure to spawn it is counted
+/// (`Overview::thread_failures`); recording goes on without live events.
 pub(crate) fn ensure_dispatcher(bus: &Arc<Bus>) {
-    if bus.dispatcher.get().is_some() {
+    if bus.dispatcher_thread.get().is_some() || bus.is_closed() {
+        return;
+    }
+    let mut slot = lock(&bus.dispatcher);
+    if bus.dispatcher_thread.get().is_some() {
         return;
     }
     let weak: Weak<Bus> = Arc::downgrade(bus);
     let spawned = thread::Builder::new()
         .name("perfmon-events".into())
-        .spawn(move || {
-            let mut idle = 0u32;
-            loop {
-                let Some(bus) = weak.upgrade() else { return };
-                if bus.drain() > 0 {
-                    idle = 0;
-                } else {
-                    idle += 1;
-                }
-                if idle >= IDLE_ROUNDS {
-                    // Sleep until a publisher wakes us; re-check after announcing
-                    // it so that an event pushed in between is not left behind.
-                    bus.sleeping.store(true, Ordering::Release);
-                    if !bus.queue.is_empty() {
-                        bus.sleeping.store(false, Ordering::Release);
-                        continue;
-                    }
-                    drop(bus);
-                    // Bounded: notices a dropped monitor, and caps the delay
-                    // if a wake-up raced with falling asleep (publishers
-                    // check the flag with a relaxed load, to stay cheap).
-                    thread::park_timeout(IDLE_PARK);
-                    idle = 0;
-                } else {
-                    drop(bus);
-                    thread::park_timeout(ACTIVE_INTERVAL);
-                }
-            }
-        });
+        .spawn(move || dispatch(&weak));
     match spawned {
         Ok(handle) => {
-            let _ = bus.dispatcher.set(handle.thread().clone());
+            let _ = bus.dispatcher_thread.set(handle.thread().clone());
+            *slot = Some(handle);
         }
-        // No thread, no stream: recording still works; the subscriber just
-        // sees nothing. Surface it where the user will look.
-        Err(err) => eprintln!("perfmon: could not start the event dispatcher thread: {err}"),
+        Err(_) => {
+            bus.spawn_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The dispatcher's loop: drain every few milliseconds while events flow,
+/// sleep until woken when idle.
+fn dispatch(weak: &Weak<Bus>) {
+    let mut idle = 0u32;
+    let mut exported = std::time::Instant::now();
+    loop {
+        let Some(bus) = weak.upgrade() else { return };
+        if bus.is_closed() {
+            return;
+        }
+        if bus.export_metrics && exported.elapsed() >= METRICS_INTERVAL {
+            metrics::set_total(metrics::EVENTS_DROPPED, bus.dropped());
+            exported = std::time::Instant::now();
+        }
+        if bus.drain() > 0 {
+            idle = 0;
+        } else {
+            idle += 1;
+        }
+        if idle >= IDLE_ROUNDS {
+            // Sleep until a publisher wakes us; re-check after announcing
+            // it so that an event pushed in between is not left behind.
+            bus.sleeping.store(true, Ordering::Release);
+            if !bus.queue.is_empty() {
+                bus.sleeping.store(false, Ordering::Release);
+                continue;
+            }
+            drop(bus);
+            // Bounded: notices a closed bus, and caps the delay if a
+            // wake-up raced with falling asleep (publishers check the flag
+            // with a relaxed load, to stay cheap).
+            thread::park_timeout(IDLE_PARK);
+            idle = 0;
+        } else {
+            drop(bus);
+            thread::park_timeout(ACTIVE_INTERVAL);
+        }
     }
 }
 
@@ -291,12 +406,27 @@ pub struct Subscription {
     listeners: Arc<AtomicUsize>,
 }
 
+/// What a non-blocking receive found.
+#[derive(Debug)]
+pub(crate) enum TryRecv {
+    /// The next event.
+    Event(Event),
+    /// Nothing yet.
+    Empty,
+    /// The bus is closed and everything sent was read.
+    Closed,
+}
+
 impl Subscription {
     pub(crate) fn new(bus: &Arc<Bus>) -> Self {
         bus.listeners.fetch_add(1, Ordering::Relaxed);
         ensure_dispatcher(bus);
+        let receiver = bus.receiver().unwrap_or_else(|| {
+            // Closed: a receiver whose sender is already gone ends at once.
+            broadcast::Sender::new(bus.subscriber_capacity.max(1)).subscribe()
+        });
         Subscription {
-            receiver: bus.sender.subscribe(),
+            receiver,
             missed: 0,
             listeners: Arc::clone(&bus.listeners),
         }
@@ -316,11 +446,20 @@ impl Subscription {
 
     /// The next event if one is ready.
     pub fn try_recv(&mut self) -> Option<Event> {
+        match self.poll_next() {
+            TryRecv::Event(event) => Some(event),
+            TryRecv::Empty | TryRecv::Closed => None,
+        }
+    }
+
+    /// Like [`try_recv`](Subscription::try_recv), telling "nothing yet" from "closed".
+    pub(crate) fn poll_next(&mut self) -> TryRecv {
         loop {
             match self.receiver.try_recv() {
-                Ok(event) => return Some(event),
+                Ok(event) => return TryRecv::Event(event),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => self.missed += n,
-                Err(_) => return None,
+                Err(broadcast::error::TryRecvError::Empty) => return TryRecv::Empty,
+                Err(broadcast::error::TryRecvError::Closed) => return TryRecv::Closed,
             }
         }
     }
@@ -330,8 +469,10 @@ impl Subscription {
     pub fn recv_blocking_timeout(&mut self, timeout: Duration) -> Option<Event> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Some(event) = self.try_recv() {
-                return Some(event);
+            match self.poll_next() {
+                TryRecv::Event(event) => return Some(event),
+                TryRecv::Closed => return None,
+                TryRecv::Empty => {}
             }
             if std::time::Instant::now() >= deadline {
                 return None;
@@ -349,66 +490,5 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.listeners.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Sends events somewhere: a log, a queue, a socket.
-///
-/// Each exporter registered with [`Monitor::add_exporter`](crate::Monitor::add_exporter)
-/// runs on its own thread with its own [`Subscription`], so a slow exporter
-/// only loses its own events (reported through [`Exporter::missed`]); it
-/// never slows the recorder or other subscribers.
-pub trait Exporter: Send + 'static {
-    /// Handles a batch of consecutive events (everything that arrived since
-    /// the last call, at most 256).
-    fn export(&mut self, events: &[Event]);
-
-    /// Called when `count` events were skipped because this exporter fell behind.
-    fn missed(&mut self, count: u64) {
-        let _ = count;
-    }
-}
-
-pub(crate) fn spawn_exporter(
-    mut subscription: Subscription,
-    mut exporter: Box<dyn Exporter>,
-) -> std::io::Result<()> {
-    thread::Builder::new()
-        .name("perfmon-exporter".into())
-        .spawn(move || {
-            let mut batch = Vec::with_capacity(256);
-            let mut reported_missed = 0;
-            loop {
-                // Block for the first event, then take what is ready.
-                match subscription.recv_blocking_until_closed() {
-                    Some(event) => batch.push(event),
-                    None => return,
-                }
-                while batch.len() < 256 {
-                    match subscription.try_recv() {
-                        Some(event) => batch.push(event),
-                        None => break,
-                    }
-                }
-                if subscription.missed() > reported_missed {
-                    exporter.missed(subscription.missed() - reported_missed);
-                    reported_missed = subscription.missed();
-                }
-                exporter.export(&batch);
-                batch.clear();
-            }
-        })?;
-    Ok(())
-}
-
-impl Subscription {
-    pub(crate) fn recv_blocking_until_closed(&mut self) -> Option<Event> {
-        loop {
-            match self.receiver.blocking_recv() {
-                Ok(event) => return Some(event),
-                Err(broadcast::error::RecvError::Lagged(n)) => self.missed += n,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
     }
 }

@@ -4,6 +4,11 @@
 //! Guards only make spans and record outcomes on them; all timing happens in
 //! [`PerfmonLayer`](crate::PerfmonLayer). Without a subscriber that enables
 //! the spans, a guard costs about as much as a disabled `tracing` span.
+//!
+//! Above the recorder and the layer in the crate's dependency order: a
+//! pipeline guard holds the recorder (for its clock and its report), and
+//! finds its pipeline's state through the layer's `WithPipeline`. The
+//! `Monitor` methods that make guards live in `monitor.rs`.
 
 use std::fmt;
 use std::future::Future;
@@ -17,10 +22,31 @@ use tracing::Span;
 use tracing::field::{Empty, display};
 use tracing::span::EnteredSpan;
 
-use crate::layer::{ERROR_FIELD, OUTCOME_FIELD, WithPipeline};
-use crate::monitor::Monitor;
+use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
+use crate::layer::WithPipeline;
+use crate::outcome::Outcome;
 use crate::pipeline::PipelineState;
-use crate::record::{Outcome, PipelineReport};
+use crate::record::PipelineReport;
+use crate::recorder::Recorder;
+
+/// The outcome of something dropped before it completed: `panicked` while
+/// the thread unwinds, else `otherwise`.
+fn dropped_outcome(otherwise: Outcome) -> Outcome {
+    if std::thread::panicking() {
+        Outcome::Panicked
+    } else {
+        otherwise
+    }
+}
+
+/// Records `outcome` on `span`: the error text first (if failed), then the
+/// outcome's name, which ends a pipeline in the layer.
+fn record_outcome(span: &Span, outcome: &Outcome) {
+    if let Some(error) = outcome.error() {
+        span.record(ERROR_FIELD, error);
+    }
+    span.record(OUTCOME_FIELD, outcome.as_str());
+}
 
 /// Starts an agent run named `name`, as a child of the current span, and
 /// enters it on this thread until the guard is dropped.
@@ -107,12 +133,12 @@ impl Drop for AgentGuard {
     #[inline]
     fn drop(&mut self) {
         if !self.done && !self.span.is_disabled() && std::thread::panicking() {
-            self.span.record(OUTCOME_FIELD, "panicked");
+            self.span.record(OUTCOME_FIELD, Outcome::Panicked.as_str());
         }
     }
 }
 
-/// A pipeline in progress, entered on this thread; from [`Monitor::start_pipeline`].
+/// A pipeline in progress, entered on this thread; from [`Monitor::start_pipeline`](crate::Monitor::start_pipeline).
 ///
 /// Agents started on this thread while the guard lives belong to the
 /// pipeline, and so do agents on other threads or tasks whose spans descend
@@ -123,7 +149,7 @@ impl Drop for AgentGuard {
 /// [`finish`](PipelineGuard::finish) or [`fail`](PipelineGuard::fail) end the
 /// pipeline and return its report; dropping the guard finishes it too
 /// (`panicked` if the thread is panicking). Like [`AgentGuard`] it is
-/// `!Send`: in async code use [`Monitor::track_pipeline`] instead of holding
+/// `!Send`: in async code use [`Monitor::track_pipeline`](crate::Monitor::track_pipeline) instead of holding
 /// a guard across `.await`.
 #[must_use = "a pipeline ends when its guard is dropped: bind it with `let pipeline = ...`"]
 pub struct PipelineGuard {
@@ -144,7 +170,7 @@ impl fmt::Debug for PipelineGuard {
 /// What a pipeline's guard or future needs to end it and fetch its report.
 struct PipelineRecorder {
     state: Option<Arc<PipelineState>>,
-    monitor: Monitor,
+    recorder: Arc<Recorder>,
     id: String,
     start: quanta::Instant,
     started_at: SystemTime,
@@ -152,8 +178,8 @@ struct PipelineRecorder {
 
 impl PipelineRecorder {
     /// Opens the pipeline's span (not entered).
-    fn open(monitor: Monitor, id: String) -> (Span, Self) {
-        let start = monitor.inner.now();
+    fn open(recorder: Arc<Recorder>, id: String) -> (Span, Self) {
+        let start = recorder.now();
         let span = tracing::info_span!(
             target: "perfmon",
             "pipeline",
@@ -166,24 +192,16 @@ impl PipelineRecorder {
             .flatten();
         let recorder = PipelineRecorder {
             state,
-            started_at: monitor.inner.system_time(start),
-            monitor,
+            started_at: recorder.system_time(start),
+            recorder,
             id,
             start,
         };
         (span, recorder)
     }
 
-    /// Records `outcome` on `span`, which ends the pipeline in the layer.
-    fn record(span: &Span, outcome: &Outcome) {
-        if let Some(error) = outcome.error() {
-            span.record(ERROR_FIELD, error);
-        }
-        span.record(OUTCOME_FIELD, outcome.as_str());
-    }
-
     fn end(&self, span: &Span, outcome: Outcome) -> PipelineReport {
-        Self::record(span, &outcome);
+        record_outcome(span, &outcome);
         match self.state.as_ref().and_then(|s| s.report()) {
             Some(report) => PipelineReport::clone(&report),
             None => self.unrecorded(outcome, true),
@@ -192,10 +210,7 @@ impl PipelineRecorder {
 
     fn report_so_far(&self) -> PipelineReport {
         match &self.state {
-            Some(state) => {
-                let inner = &self.monitor.inner;
-                PipelineReport::clone(&state.report_so_far(inner.now(), inner.config.threshold))
-            }
+            Some(state) => PipelineReport::clone(&self.recorder.report_so_far(state)),
             None => self.unrecorded(Outcome::Succeeded, false),
         }
     }
@@ -206,11 +221,7 @@ impl PipelineRecorder {
             id: self.id.clone(),
             run: 0,
             started_at: self.started_at,
-            duration: self
-                .monitor
-                .inner
-                .now()
-                .saturating_duration_since(self.start),
+            duration: self.recorder.now().saturating_duration_since(self.start),
             outcome,
             finished,
             agents: Vec::new(),
@@ -224,8 +235,8 @@ impl PipelineRecorder {
 }
 
 impl PipelineGuard {
-    pub(crate) fn start(monitor: Monitor, id: String) -> Self {
-        let (span, recorder) = PipelineRecorder::open(monitor, id);
+    pub(crate) fn start(recorder: Arc<Recorder>, id: String) -> Self {
+        let (span, recorder) = PipelineRecorder::open(recorder, id);
         PipelineGuard {
             span: span.entered(),
             recorder,
@@ -274,66 +285,19 @@ impl PipelineGuard {
 impl Drop for PipelineGuard {
     fn drop(&mut self) {
         if !self.done {
-            let outcome = if std::thread::panicking() {
-                Outcome::Panicked
-            } else {
-                Outcome::Succeeded
-            };
-            PipelineRecorder::record(&self.span, &outcome);
+            record_outcome(&self.span, &dropped_outcome(Outcome::Succeeded));
         }
     }
 }
 
-impl Monitor {
-    /// Runs `future` as a pipeline named `id`, for async code: the future is
-    /// polled inside the pipeline's span, so agents it starts, and tracked
-    /// futures it spawns, belong to the pipeline. Resolves to the future's
-    /// output and the pipeline's report. Dropped early: `cancelled`.
-    ///
-    /// ```
-    /// # use tracing_subscriber::prelude::*;
-    /// # let monitor = perfmon::Monitor::new();
-    /// # let _s = tracing::subscriber::set_default(tracing_subscriber::registry().with(monitor.layer()));
-    /// use perfmon::TrackAgentExt;
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let (answer, report) = monitor
-    ///     .track_pipeline("proj_7", async { async { 42 }.track_agent("physics").await })
-    ///     .await;
-    /// assert_eq!(answer, 42);
-    /// assert_eq!(report.agents[0].agent, "physics");
-    /// # });
-    /// ```
-    pub fn track_pipeline<F: Future>(
-        &self,
-        id: impl Into<String>,
-        future: F,
-    ) -> TrackedPipeline<F> {
-        TrackedPipeline::new(self.clone(), id.into(), future, |_| None)
-    }
-
-    /// Like [`track_pipeline`](Monitor::track_pipeline); an `Err` output
-    /// marks the pipeline failed with the error's `Display` text.
-    pub fn track_pipeline_result<F, T, E>(
-        &self,
-        id: impl Into<String>,
-        future: F,
-    ) -> TrackedPipeline<F>
-    where
-        F: Future<Output = Result<T, E>>,
-        E: fmt::Display,
-    {
-        TrackedPipeline::new(self.clone(), id.into(), future, |out| {
-            out.as_ref().err().map(ToString::to_string)
-        })
-    }
-}
-
 pin_project! {
-    /// A future run as a pipeline; from [`Monitor::track_pipeline`].
+    /// A future run as a pipeline; from [`Monitor::track_pipeline`](crate::Monitor::track_pipeline).
     #[must_use = "futures do nothing unless polled"]
     pub struct TrackedPipeline<F: Future> {
+        // `None` only while being dropped: the future is dropped inside
+        // its span, so what it does while cancelled is attributed to it.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         span: Span,
         recorder: PipelineRecorder,
         error_of: fn(&F::Output) -> Option<String>,
@@ -342,10 +306,13 @@ pin_project! {
 
     impl<F: Future> PinnedDrop for TrackedPipeline<F> {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
+            let mut this = this.project();
+            {
+                let _entered = this.span.enter();
+                this.inner.set(None);
+            }
             if !*this.done {
-                let outcome = if std::thread::panicking() { Outcome::Panicked } else { Outcome::Cancelled };
-                PipelineRecorder::record(this.span, &outcome);
+                record_outcome(this.span, &dropped_outcome(Outcome::Cancelled));
             }
         }
     }
@@ -361,15 +328,15 @@ impl<F: Future> fmt::Debug for TrackedPipeline<F> {
 }
 
 impl<F: Future> TrackedPipeline<F> {
-    fn new(
-        monitor: Monitor,
+    pub(crate) fn new(
+        recorder: Arc<Recorder>,
         id: String,
         inner: F,
         error_of: fn(&F::Output) -> Option<String>,
     ) -> Self {
-        let (span, recorder) = PipelineRecorder::open(monitor, id);
+        let (span, recorder) = PipelineRecorder::open(recorder, id);
         TrackedPipeline {
-            inner,
+            inner: Some(inner),
             span,
             recorder,
             error_of,
@@ -390,7 +357,11 @@ impl<F: Future> Future for TrackedPipeline<F> {
         let this = self.project();
         let output = {
             let _entered = this.span.enter();
-            std::task::ready!(this.inner.poll(cx))
+            // `inner` is `None` only inside `drop`, where nothing polls.
+            let Some(inner) = this.inner.as_pin_mut() else {
+                return Poll::Pending;
+            };
+            std::task::ready!(inner.poll(cx))
         };
         *this.done = true;
         let outcome = match (this.error_of)(&output) {
@@ -439,8 +410,9 @@ pin_project! {
     /// A future timed as an agent run; from [`TrackAgentExt`].
     #[must_use = "futures do nothing unless polled"]
     pub struct TrackedAgent<F: Future> {
+        // `None` only while being dropped: see `TrackedPipeline`.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         span: Span,
         error_of: fn(&F::Output) -> Option<String>,
         // Set for the pipeline futures of `#[track_pipeline]`: completing
@@ -451,10 +423,14 @@ pin_project! {
 
     impl<F: Future> PinnedDrop for TrackedAgent<F> {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
+            let mut this = this.project();
+            {
+                let _entered = this.span.enter();
+                this.inner.set(None);
+            }
             if !*this.done {
-                let outcome = if std::thread::panicking() { "panicked" } else { "cancelled" };
-                this.span.record(OUTCOME_FIELD, outcome);
+                let outcome = dropped_outcome(Outcome::Cancelled);
+                this.span.record(OUTCOME_FIELD, outcome.as_str());
             }
         }
     }
@@ -488,7 +464,7 @@ impl<F: Future> TrackedAgent<F> {
         ends_pipeline: bool,
     ) -> Self {
         TrackedAgent {
-            inner,
+            inner: Some(inner),
             span,
             error_of,
             ends_pipeline,
@@ -509,7 +485,11 @@ impl<F: Future> Future for TrackedAgent<F> {
         let this = self.project();
         let output = {
             let _entered = this.span.enter();
-            std::task::ready!(this.inner.poll(cx))
+            // `inner` is `None` only inside `drop`, where nothing polls.
+            let Some(inner) = this.inner.as_pin_mut() else {
+                return Poll::Pending;
+            };
+            std::task::ready!(inner.poll(cx))
         };
         *this.done = true;
         let error = (this.error_of)(&output);
@@ -517,12 +497,11 @@ impl<F: Future> Future for TrackedAgent<F> {
             this.span.record(ERROR_FIELD, error.as_str());
         }
         if *this.ends_pipeline {
-            let outcome = if error.is_some() {
-                "failed"
-            } else {
-                "succeeded"
+            let outcome = match error {
+                Some(error) => Outcome::Failed { error },
+                None => Outcome::Succeeded,
             };
-            this.span.record(OUTCOME_FIELD, outcome);
+            this.span.record(OUTCOME_FIELD, outcome.as_str());
         }
         Poll::Ready(output)
     }

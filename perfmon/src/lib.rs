@@ -75,7 +75,7 @@
 //!
 //! assert_eq!(report.agents.len(), 2);
 //! assert_eq!(report.agents[1].outcome.error(), Some("mesh did not converge"));
-//! let stats = monitor.agent("geometry").unwrap();
+//! let stats = monitor.agent_stats("geometry").unwrap();
 //! assert_eq!(stats.runs, 1);
 //! ```
 //!
@@ -104,41 +104,60 @@
 //! # Feature flags
 //!
 //! - `macros` (default): re-exports the attribute macros from `perfmon-macros`.
-//! - `process`: [`MonitorBuilder::process_sampler`], CPU/RSS/threads of the process.
-//! - `ws`: [`ws::Sidecar`], the WebSocket sidecar (from `perfmon-ws`): live
+//! - `process`: `MonitorBuilder::process_sampler`, CPU/RSS/threads of the process.
+//! - `ws`: `ws::Sidecar`, the WebSocket sidecar (from `perfmon-ws`): live
 //!   events, REST snapshots and Prometheus text on one port.
 //!
 //! # MSRV
 //!
 //! Rust 1.88.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// Dependency order, bottom to top (no two modules import each other; see
+// README's Architecture section):
+//   outcome, fields → record, analysis, stats, pipeline, metrics, events
+//   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws
 mod analysis;
+mod builder;
+mod clock;
 mod events;
+mod exporter;
+mod fields;
 mod guard;
 mod layer;
 pub mod metrics;
 mod monitor;
+mod outcome;
 mod pipeline;
 mod record;
+mod recorder;
 #[cfg(feature = "process")]
 mod sampler;
 mod stats;
 #[cfg(feature = "ws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
 pub mod ws;
 
-pub use events::{Event, EventKind, Exporter, Subscription};
-pub use guard::{AgentGuard, PipelineGuard, TrackAgentExt, TrackedAgent, TrackedPipeline, agent};
-pub use layer::{
-    AGENT_FIELD, ERROR_FIELD, OUTCOME_FIELD, PIPELINE_FIELD, PROGRESS_TARGET, PerfmonLayer,
-    SYNC_FIELD, THOUGHT_TARGET,
+pub use builder::{DEFAULT_BOTTLENECK_THRESHOLD, MonitorBuilder};
+pub use clock::MockClock;
+pub use events::{Event, EventKind, Subscription};
+pub use exporter::{EXPORT_BATCH_MAX, Exporter, ExporterError, ExporterHandle};
+pub use fields::{
+    AGENT_FIELD, ERROR_FIELD, OUTCOME_FIELD, PIPELINE_FIELD, PROGRESS_TARGET, SYNC_FIELD,
+    THOUGHT_TARGET,
 };
-pub use monitor::{DEFAULT_BOTTLENECK_THRESHOLD, MockClock, Monitor, MonitorBuilder};
+pub use guard::{AgentGuard, PipelineGuard, TrackAgentExt, TrackedAgent, TrackedPipeline, agent};
+pub use layer::PerfmonLayer;
+pub use monitor::Monitor;
+pub use outcome::{Outcome, UnknownOutcome};
 #[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use perfmon_macros::{track_agent, track_pipeline};
 pub use record::{
-    AgentRun, AggregatedRuns, Bottleneck, Outcome, PipelineReport, PipelineSnapshot, Progress,
+    AgentRun, AggregatedRuns, Bottleneck, PipelineReport, PipelineSnapshot, Progress,
 };
-pub use stats::{AgentStats, Overview};
+pub use stats::{AgentStats, OutcomeCounts, Overview, ProcessSample};
 
 /// Errors from perfmon's setup calls. Recording itself never fails.
 #[derive(Debug, thiserror::Error)]
@@ -150,10 +169,8 @@ pub enum Error {
          subscriber instead of calling perfmon::init()"
     )]
     SubscriberAlreadySet(#[source] tracing_subscriber::util::TryInitError),
-    /// A background thread (event dispatcher, exporter, sampler) could not be spawned.
-    #[error(
-        "could not spawn a perfmon background thread ({0}); the process is out of threads or memory"
-    )]
+    /// An exporter's thread could not be spawned.
+    #[error("could not spawn the exporter's thread ({0}); the process is out of threads or memory")]
     Thread(#[source] std::io::Error),
 }
 

@@ -6,9 +6,8 @@ use std::time::{Duration, SystemTime};
 use rustc_hash::FxHashMap;
 
 use crate::analysis;
-use crate::record::{
-    AgentRun, AggregatedRuns, Outcome, PipelineReport, PipelineSnapshot, Progress,
-};
+use crate::outcome::Outcome;
+use crate::record::{AgentRun, AggregatedRuns, PipelineReport, PipelineSnapshot, Progress};
 
 /// Where an agent run is kept in its pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

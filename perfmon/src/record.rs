@@ -7,91 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use serde::ser::{SerializeMap, Serializer};
 
-/// How an agent run or a pipeline ended.
-///
-/// Serialized (and flattened into its parent object) as
-/// `"outcome": "succeeded" | "failed" | "panicked" | "cancelled"`, plus
-/// `"error": "..."` for [`Outcome::Failed`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub enum Outcome {
-    /// Ran to completion without reporting an error.
-    #[default]
-    Succeeded,
-    /// Reported an error: `AgentGuard::fail`, an `Err` from a tracked
-    /// `Result`, a recorded `perfmon.error` field, or an `ERROR` event with an
-    /// `error` field inside the span (what `#[tracing::instrument(err)]` emits).
-    Failed {
-        /// The error's `Display` text.
-        error: String,
-    },
-    /// The guard was dropped while its thread was unwinding from a panic.
-    Panicked,
-    /// A tracked future was dropped before it completed.
-    Cancelled,
-}
-
-impl Outcome {
-    /// The outcome's name as it appears in JSON and in metric labels.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Panicked => "panicked",
-            Outcome::Cancelled => "cancelled",
-        }
-    }
-
-    /// `true` for every outcome but [`Outcome::Succeeded`].
-    pub fn is_failure(&self) -> bool {
-        !matches!(self, Outcome::Succeeded)
-    }
-
-    /// The error text of a failed run.
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Outcome::Failed { error } => Some(error),
-            _ => None,
-        }
-    }
-
-    /// A small dense index, used to pick cached per-outcome metric handles.
-    pub(crate) fn index(&self) -> usize {
-        match self {
-            Outcome::Succeeded => 0,
-            Outcome::Failed { .. } => 1,
-            Outcome::Panicked => 2,
-            Outcome::Cancelled => 3,
-        }
-    }
-
-    pub(crate) const NAMES: [&'static str; 4] = ["succeeded", "failed", "panicked", "cancelled"];
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Failed { error } => write!(f, "failed: {error}"),
-            other => f.write_str(other.as_str()),
-        }
-    }
-}
-
-impl Serialize for Outcome {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let error = self.error();
-        let mut map = serializer.serialize_map(Some(1 + usize::from(error.is_some())))?;
-        map.serialize_entry("outcome", self.as_str())?;
-        if let Some(error) = error {
-            map.serialize_entry("error", error)?;
-        }
-        map.end()
-    }
-}
+use crate::outcome::Outcome;
 
 /// One finished run of one agent.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct AgentRun {
     /// The agent's name (`perfmon.agent`).
     pub agent: String,
@@ -120,6 +41,7 @@ pub struct AgentRun {
 
 /// An agent that took more than the bottleneck threshold of its pipeline's time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Bottleneck {
     /// The agent's name.
     pub agent: String,
@@ -134,6 +56,7 @@ pub struct Bottleneck {
 
 /// Totals for runs of one agent that did not fit in [`PipelineReport::agents`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct AggregatedRuns {
     /// The agent's name.
     pub agent: String,
@@ -148,6 +71,7 @@ pub struct AggregatedRuns {
 
 /// The record of one pipeline: its agent runs, bottlenecks and critical path.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct PipelineReport {
     /// The id given to `start_pipeline` (`perfmon.pipeline`).
     pub id: String,
@@ -243,6 +167,7 @@ impl fmt::Display for PipelineReport {
 
 /// A pipeline that is still running, as seen right now.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct PipelineSnapshot {
     /// The pipeline's id.
     pub id: String,
@@ -264,6 +189,7 @@ pub struct PipelineSnapshot {
 
 /// One `perfmon::progress!` report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Progress {
     /// The agent that reported it.
     pub agent: Arc<str>,

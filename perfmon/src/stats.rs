@@ -16,7 +16,8 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::metrics::AgentMetrics;
-use crate::record::{Outcome, ser};
+use crate::outcome::Outcome;
+use crate::record::ser;
 
 /// Durations above this are clamped in the histogram (min, max, mean and
 /// total stay exact).
@@ -27,6 +28,7 @@ const HISTOGRAM_MAX: Duration = Duration::from_secs(6 * 3600);
 /// `min`, `max`, `mean` and `total` are exact; the percentiles come from an
 /// HDR histogram with two significant digits (at most 1% off).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct AgentStats {
     /// The agent's name.
     pub agent: String,
@@ -59,10 +61,39 @@ pub struct AgentStats {
     pub total: Duration,
     /// Runs open right now.
     pub running: u64,
+    /// Finished runs by outcome; `failures` is the sum of all but `succeeded`.
+    pub outcomes: OutcomeCounts,
+}
+
+/// Counts of finished runs by [`Outcome`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct OutcomeCounts {
+    /// Ran to completion without an error.
+    pub succeeded: u64,
+    /// Reported an error.
+    pub failed: u64,
+    /// Unwound from a panic.
+    pub panicked: u64,
+    /// Dropped before completion (futures).
+    pub cancelled: u64,
+}
+
+impl OutcomeCounts {
+    fn from_array(counts: [u64; 4]) -> Self {
+        let [succeeded, failed, panicked, cancelled] = counts;
+        OutcomeCounts {
+            succeeded,
+            failed,
+            panicked,
+            cancelled,
+        }
+    }
 }
 
 /// Totals across the whole monitor.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Overview {
     /// Time since the monitor was built.
     #[serde(rename = "uptime_ms", serialize_with = "ser::ms")]
@@ -91,6 +122,22 @@ pub struct Overview {
     /// (subscribers too slow to drain it). Per-subscriber losses are in
     /// `Subscription::missed`.
     pub events_dropped: u64,
+    /// perfmon background threads (event dispatcher, process sampler) that
+    /// could not be started: the process is out of threads or memory. While
+    /// it is above 0, live events or process samples may be missing.
+    pub thread_failures: u64,
+}
+
+/// One reading of the process by the sampler (feature `process`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ProcessSample {
+    /// CPU use, percent of one core.
+    pub cpu_percent: f64,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// Threads in the process.
+    pub threads: u64,
 }
 
 /// Monitor-wide counters, updated with relaxed atomics.
@@ -101,6 +148,8 @@ pub(crate) struct Counters {
     pub(crate) pipelines_failed: AtomicU64,
     pub(crate) pipeline_nanos_total: AtomicU64,
     pub(crate) agents_overflowed: AtomicU64,
+    /// Background threads that could not be spawned.
+    pub(crate) thread_failures: AtomicU64,
 }
 
 /// Everything the monitor knows about one agent name.
@@ -119,7 +168,43 @@ struct StatsCell {
     total_ns: u128,
     min_ns: u64,
     max_ns: u64,
-    histogram: Histogram<u64>,
+    /// One histogram per outcome, in [`Outcome::index`] order: merged for
+    /// the percentiles, apart for `/metrics` (a histogram per label set).
+    by_outcome: [OutcomeCell; 4],
+}
+
+/// Runs of one agent that ended with one outcome.
+#[derive(Debug, Clone)]
+pub(crate) struct OutcomeCell {
+    pub(crate) runs: u64,
+    pub(crate) total_ns: u128,
+    /// Nanoseconds, clamped to `1..=HISTOGRAM_MAX`.
+    pub(crate) histogram: Histogram<u64>,
+}
+
+impl OutcomeCell {
+    /// Counts one value of `ns` nanoseconds.
+    pub(crate) fn record(&mut self, ns: u64) {
+        self.runs += 1;
+        self.total_ns += u128::from(ns);
+        // Auto-resizing: grows to cover the value. It can only fail on
+        // allocation failure, and then losing one sample is the right call.
+        let _ = self
+            .histogram
+            .record(ns.clamp(1, HISTOGRAM_MAX.as_nanos() as u64));
+    }
+
+    pub(crate) fn new() -> Self {
+        OutcomeCell {
+            runs: 0,
+            total_ns: 0,
+            // Auto-resizing histogram: it only grows as far as the
+            // largest value recorded (bounded by HISTOGRAM_MAX).
+            // UNWRAP: 2 significant figures is always a valid precision.
+            #[allow(clippy::unwrap_used)]
+            histogram: Histogram::new(2).unwrap(),
+        }
+    }
 }
 
 impl AgentEntry {
@@ -132,11 +217,7 @@ impl AgentEntry {
                 total_ns: 0,
                 min_ns: u64::MAX,
                 max_ns: 0,
-                // Auto-resizing histogram: it only grows as far as the
-                // largest value recorded (bounded by HISTOGRAM_MAX).
-                // UNWRAP: 2 significant figures is always a valid precision.
-                #[allow(clippy::unwrap_used)]
-                histogram: Histogram::new(2).unwrap(),
+                by_outcome: std::array::from_fn(|_| OutcomeCell::new()),
             }),
             running: AtomicU64::new(0),
             metrics,
@@ -152,7 +233,6 @@ impl AgentEntry {
     pub(crate) fn run_finished(&self, duration: Duration, outcome: &Outcome) {
         self.running.fetch_sub(1, Ordering::Relaxed);
         let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        let clamped = ns.clamp(1, HISTOGRAM_MAX.as_nanos() as u64);
         {
             let mut cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
             cell.runs += 1;
@@ -160,9 +240,7 @@ impl AgentEntry {
             cell.total_ns += u128::from(ns);
             cell.min_ns = cell.min_ns.min(ns);
             cell.max_ns = cell.max_ns.max(ns);
-            // Auto-resizing: grows to cover `clamped`. It can only fail on
-            // allocation failure, and then losing one sample is the right call.
-            let _ = cell.histogram.record(clamped);
+            cell.by_outcome[outcome.index()].record(ns);
         }
         self.metrics.record(duration, outcome);
     }
@@ -173,16 +251,32 @@ impl AgentEntry {
         (cell.runs, cell.failures)
     }
 
+    /// Per-outcome runs, totals and histograms (a copy, for `/metrics`).
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    pub(crate) fn by_outcome(&self) -> [OutcomeCell; 4] {
+        self.cell
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_outcome
+            .clone()
+    }
+
     pub(crate) fn stats(&self) -> AgentStats {
         let cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
         let runs = cell.runs;
+        let mut merged = cell.by_outcome[0].histogram.clone();
+        for other in &cell.by_outcome[1..] {
+            // Same precision and auto-resize: adding cannot fail but on
+            // allocation failure, where the percentiles lose those samples.
+            let _ = merged.add(&other.histogram);
+        }
         let q = |q: f64| {
             if runs == 0 {
                 Duration::ZERO
             } else {
                 // The histogram answers with the top of a bucket; clamp it
                 // into the exact [min, max] range so that p99 never exceeds max.
-                let v = cell.histogram.value_at_quantile(q);
+                let v = merged.value_at_quantile(q);
                 Duration::from_nanos(v.clamp(cell.min_ns, cell.max_ns))
             }
         };
@@ -211,6 +305,7 @@ impl AgentEntry {
             p99: q(0.99),
             total: nanos_to_duration(cell.total_ns),
             running: self.running.load(Ordering::Relaxed),
+            outcomes: OutcomeCounts::from_array(cell.by_outcome.each_ref().map(|c| c.runs)),
         }
     }
 }

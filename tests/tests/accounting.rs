@@ -44,7 +44,7 @@ fn durations_offsets_and_outcomes_are_exact() {
     );
     assert_eq!(phy.pipeline, "proj_1");
 
-    let stats = monitor.agent("physics").expect("physics ran");
+    let stats = monitor.agent_stats("physics").expect("physics ran");
     assert_eq!((stats.runs, stats.failures), (1, 1));
     assert_eq!(stats.failure_rate, 1.0);
     assert_eq!(
@@ -72,7 +72,7 @@ fn statistics_and_percentiles() {
             agent.fail("diverged");
         }
     }
-    let s = monitor.agent("solver").expect("solver ran");
+    let s = monitor.agent_stats("solver").expect("solver ran");
     assert_eq!(s.runs, 100);
     assert_eq!(s.failures, 10);
     assert!((s.failure_rate - 0.10).abs() < 1e-12);

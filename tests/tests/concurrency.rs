@@ -43,8 +43,8 @@ fn eight_threads_into_one_pipeline_give_exact_totals() {
     let overview = monitor.overview();
     assert_eq!(overview.agent_runs_total, total);
     assert_eq!(overview.agent_failures_total, total / 100);
-    let even = monitor.agent("even").expect("ran");
-    let odd = monitor.agent("odd").expect("ran");
+    let even = monitor.agent_stats("even").expect("ran");
+    let odd = monitor.agent_stats("odd").expect("ran");
     assert_eq!(even.runs + odd.runs, total);
     assert_eq!(even.runs, total / 2);
     assert_eq!(even.failures + odd.failures, total / 100);

@@ -161,7 +161,7 @@ fn a_stalled_subscriber_is_told_what_it_missed_and_others_are_unaffected() {
     );
     assert!(got <= 64, "it kept only its window");
     assert_eq!(
-        monitor.agent("tick").map(|s| s.runs),
+        monitor.agent_stats("tick").map(|s| s.runs),
         Some(1_000),
         "recording was complete"
     );
@@ -211,7 +211,7 @@ impl Exporter for Collect {
 fn exporters_receive_every_event_on_their_own_thread() {
     let (monitor, _clock, _g) = mocked();
     let sink = Collect::default();
-    monitor
+    let _exporter = monitor
         .add_exporter(sink.clone())
         .expect("exporter thread spawned");
     drop(monitor.start_pipeline("exported"));
@@ -294,4 +294,79 @@ fn the_process_sampler_streams_state_updates() {
     );
     assert_eq!(*pipelines_active, 1);
     assert!(cpu_percent.is_finite() && *cpu_percent >= 0.0);
+}
+
+/// Counts the batches it exported and the flushes asked of it.
+#[derive(Clone, Default)]
+struct Flushing {
+    events: Arc<Mutex<Vec<Event>>>,
+    flushes: Arc<Mutex<u32>>,
+}
+
+impl Exporter for Flushing {
+    fn export(&mut self, events: &[Event]) {
+        self.events
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(events);
+    }
+
+    fn flush(&mut self) {
+        *self.flushes.lock().expect("not poisoned") += 1;
+    }
+}
+
+#[test]
+fn an_exporter_can_be_flushed_and_removed() {
+    let (monitor, _clock, _g) = mocked();
+    let sink = Flushing::default();
+    let exporter = monitor
+        .add_exporter(sink.clone())
+        .expect("exporter thread spawned");
+    drop(monitor.start_pipeline("before"));
+    // flush() returns only once everything published before it was exported.
+    exporter
+        .flush(Duration::from_secs(5))
+        .expect("flushed in time");
+    let seen = sink.events.lock().expect("not poisoned").len();
+    assert_eq!(seen, 2, "pipeline_started and pipeline_completed");
+    assert_eq!(*sink.flushes.lock().expect("not poisoned"), 1);
+
+    assert!(exporter.is_running());
+    exporter.remove(Duration::from_secs(5));
+    assert_eq!(
+        *sink.flushes.lock().expect("not poisoned"),
+        2,
+        "a last flush before stopping"
+    );
+    drop(monitor.start_pipeline("after"));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        sink.events.lock().expect("not poisoned").len(),
+        2,
+        "a removed exporter gets nothing more"
+    );
+}
+
+#[test]
+fn dropping_the_last_monitor_flushes_its_exporters() {
+    let sink = Flushing::default();
+    {
+        let (monitor, _clock, _g) = mocked();
+        let _exporter = monitor
+            .add_exporter(sink.clone())
+            .expect("exporter thread spawned");
+        let clone = monitor.clone();
+        drop(monitor.start_pipeline("last"));
+        drop(monitor);
+        assert_eq!(
+            *sink.flushes.lock().expect("not poisoned"),
+            0,
+            "a clone still lives"
+        );
+        drop(clone);
+    }
+    // The drop joined the exporter after it read everything and flushed.
+    assert_eq!(*sink.flushes.lock().expect("not poisoned"), 1);
+    assert_eq!(sink.events.lock().expect("not poisoned").len(), 2);
 }

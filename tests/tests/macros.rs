@@ -206,7 +206,7 @@ fn sync_functions_are_timed_named_and_failed_on_err() {
         "sync functions report no busy time"
     );
     assert_eq!(
-        monitor.agent("geo").map(|s| (s.runs, s.failures)),
+        monitor.agent_stats("geo").map(|s| (s.runs, s.failures)),
         Some((2, 1))
     );
 }
@@ -215,7 +215,7 @@ fn sync_functions_are_timed_named_and_failed_on_err() {
 fn a_panicking_function_is_panicked() {
     let (monitor, _clock, _g) = mocked();
     assert!(std::panic::catch_unwind(fragile).is_err());
-    let stats = monitor.agent("fragile").expect("recorded");
+    let stats = monitor.agent_stats("fragile").expect("recorded");
     assert_eq!((stats.runs, stats.failures), (1, 1));
 }
 
@@ -233,7 +233,11 @@ fn methods_on_every_receiver() {
         .block_on(arc.by_arc());
     assert_eq!(out, 20);
     for agent in ["by_ref", "solver_mut", "by_value", "by_arc"] {
-        assert_eq!(monitor.agent(agent).map(|s| s.runs), Some(1), "{agent}");
+        assert_eq!(
+            monitor.agent_stats(agent).map(|s| s.runs),
+            Some(1),
+            "{agent}"
+        );
     }
 }
 
@@ -277,7 +281,7 @@ async fn under_async_trait() {
     let agent: Box<dyn Agent + Send + Sync> = Box::new(Codegen);
     assert_eq!(agent.run(1).await.ok(), Some(2));
     assert!(agent.run(11).await.is_err());
-    let stats = monitor.agent("codegen").expect("recorded");
+    let stats = monitor.agent_stats("codegen").expect("recorded");
     assert_eq!((stats.runs, stats.failures), (2, 1));
 }
 
@@ -381,5 +385,5 @@ fn arguments_are_recorded_only_when_asked() {
     expect("dbg", "2");
     expect("level", "2");
     assert!(!got.iter().any(|(k, _)| k == "input"), "skipped: {got:?}");
-    assert_eq!(monitor.agent("records_some").map(|s| s.runs), Some(1));
+    assert_eq!(monitor.agent_stats("records_some").map(|s| s.runs), Some(1));
 }

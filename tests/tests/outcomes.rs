@@ -24,7 +24,7 @@ fn a_panicking_agent_is_panicked_and_the_pipeline_too() {
     let report = monitor.pipeline("boom").expect("the pipeline was recorded");
     assert_eq!(report.outcome, Outcome::Panicked);
     assert_eq!(report.agents[0].outcome, Outcome::Panicked);
-    assert_eq!(monitor.agent("fragile").map(|s| s.failures), Some(1));
+    assert_eq!(monitor.agent_stats("fragile").map(|s| s.failures), Some(1));
 }
 
 #[test]
@@ -34,7 +34,7 @@ fn explicit_succeed_and_outside_any_pipeline() {
     clock.advance(ms(3));
     agent.succeed();
     let stats = monitor
-        .agent("loner")
+        .agent_stats("loner")
         .expect("runs outside pipelines still count");
     assert_eq!((stats.runs, stats.failures, stats.total), (1, 0, ms(3)));
     assert_eq!(monitor.overview().pipelines_total, 0);
@@ -296,7 +296,7 @@ fn an_agent_that_outlives_its_pipeline_counts_in_stats_only() {
     let report = pipeline.finish();
     assert_eq!(report.unfinished, ["straggler"]);
     drop(late);
-    assert_eq!(monitor.agent("straggler").map(|s| s.runs), Some(1));
+    assert_eq!(monitor.agent_stats("straggler").map(|s| s.runs), Some(1));
     assert!(
         monitor.pipeline("short").expect("kept").agents.is_empty(),
         "finished reports do not change"
@@ -327,7 +327,7 @@ fn a_million_runs_keep_the_report_bounded() {
     assert_eq!(aggregated, 999_000);
     assert_eq!(report.duration, Duration::from_millis(100));
     assert!((report.bottleneck("even").expect("half the time").share - 0.5).abs() < 1e-9);
-    assert_eq!(monitor.agent("odd").map(|s| s.runs), Some(500_000));
+    assert_eq!(monitor.agent_stats("odd").map(|s| s.runs), Some(500_000));
 }
 
 #[test]
@@ -338,7 +338,7 @@ fn agent_names_beyond_the_cap_share_one_entry() {
         drop(perfmon::agent(&format!("agent-{i}")));
     }
     assert_eq!(monitor.agents().len(), 4, "three names and \"(other)\"");
-    let other = monitor.agent("(other)").expect("overflow entry");
+    let other = monitor.agent_stats("(other)").expect("overflow entry");
     assert_eq!(other.runs, 7, "ten names, three tracked");
     assert_eq!(monitor.overview().agents_overflowed, 7);
 }
@@ -376,4 +376,87 @@ fn zero_capacity_is_refused() {
 #[should_panic(expected = "max_runs_per_pipeline must be at least 1")]
 fn zero_runs_per_pipeline_is_refused() {
     let _ = Monitor::builder().max_runs_per_pipeline(0);
+}
+
+#[test]
+fn an_unknown_outcome_value_fails_the_run_and_says_why() {
+    let (monitor, _clock, _g) = mocked();
+    let mut events = monitor.subscribe();
+    let pipeline = monitor.start_pipeline("typo");
+    {
+        let span = tracing::info_span!(
+            "step",
+            perfmon.agent = "typist",
+            perfmon.outcome = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        span.record("perfmon.outcome", "sucess");
+    }
+    let report = pipeline.finish();
+    let error = report.agents[0]
+        .outcome
+        .error()
+        .expect("failed, not succeeded");
+    assert!(
+        error.contains("unknown perfmon.outcome value \"sucess\""),
+        "{error}"
+    );
+    let mut said = None;
+    while let Some(event) = events.recv_blocking_timeout(std::time::Duration::from_secs(5)) {
+        if let perfmon::EventKind::Error { message, agent } = &event.kind {
+            said = Some((agent.as_deref().map(str::to_owned), message.clone()));
+            break;
+        }
+    }
+    let (agent, message) = said.expect("an error event");
+    assert_eq!(agent.as_deref(), Some("typist"));
+    assert!(
+        message.contains("\"succeeded\""),
+        "says what to record: {message}"
+    );
+}
+
+/// Emits an `ERROR` event when dropped: work a future does while cancelled.
+struct ShoutOnDrop;
+
+impl Drop for ShoutOnDrop {
+    fn drop(&mut self) {
+        tracing::error!("rolling back the half-written mesh");
+    }
+}
+
+#[test]
+fn what_a_cancelled_future_does_while_dropped_belongs_to_its_agent() {
+    use perfmon::TrackAgentExt;
+    let (monitor, _clock, _g) = mocked();
+    let mut events = monitor.subscribe();
+    let pipeline = monitor.start_pipeline("cancel");
+    let mut fut = Box::pin(
+        async {
+            let _guard = ShoutOnDrop;
+            std::future::pending::<()>().await;
+        }
+        .track_agent("mesher"),
+    );
+    let waker = std::task::Waker::noop();
+    assert!(
+        fut.as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_pending()
+    );
+    drop(fut);
+    let report = pipeline.finish();
+    assert_eq!(report.agents[0].outcome, perfmon::Outcome::Cancelled);
+    let mut error_agent = None;
+    while let Some(event) = events.recv_blocking_timeout(std::time::Duration::from_secs(5)) {
+        if event.type_name() == "error" {
+            error_agent = Some(event.agent().map(str::to_owned));
+            break;
+        }
+    }
+    assert_eq!(
+        error_agent.expect("the drop's error event was recorded"),
+        Some("mesher".to_owned()),
+        "attributed to the cancelled agent"
+    );
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::ms;
@@ -252,4 +253,122 @@ fn a_port_in_use_is_a_clear_error() {
         .serve(&monitor)
         .unwrap_err();
     assert!(err.to_string().contains("is not a socket address"), "{err}");
+}
+
+/// `(name, sorted labels)` of one series.
+type Series = (String, Vec<(String, String)>);
+
+/// The series of a Prometheus text page, with histogram lines folded into
+/// their family (`_bucket`, `_sum`, `_count` and the `le` label dropped).
+fn exposed_series(text: &str) -> BTreeSet<Series> {
+    let histograms: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" histogram"))
+        .collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
+            let (series, _value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|family| histograms.contains(family))
+                })
+                .unwrap_or(name);
+            let mut labels: Vec<(String, String)> = labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .filter(|(k, _)| k != "le")
+                .collect();
+            labels.sort();
+            (name.to_owned(), labels)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
+    use metrics_util::debugging::DebuggingRecorder;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = MockClock::new();
+    let monitor = Monitor::builder().mock_clock(&clock).build();
+    metrics::with_local_recorder(&recorder, || {
+        tracing::dispatcher::with_default(&dispatch(&monitor), || {
+            let pipeline = monitor.start_pipeline("m");
+            {
+                let _a = perfmon::agent("physics");
+                clock.advance(ms(40));
+            }
+            perfmon::agent("codegen").fail("did not compile");
+            let crashed = std::panic::catch_unwind(|| {
+                let _a = perfmon::agent("crashy");
+                panic!("boom");
+            });
+            assert!(crashed.is_err());
+            pipeline.finish();
+            let cancelled = monitor.start_pipeline("c");
+            drop(perfmon::TrackAgentExt::track_agent(
+                std::future::pending::<()>(),
+                "cancelled-agent",
+            ));
+            cancelled.fail("gave up");
+        });
+    });
+    let facade: BTreeSet<Series> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, _)| {
+            let mut labels: Vec<(String, String)> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            (key.key().name().to_owned(), labels)
+        })
+        .filter(|(name, _)| {
+            name.starts_with("perfmon_agent_") || name.starts_with("perfmon_pipeline")
+        })
+        .collect();
+    assert!(facade.len() >= 8, "the facade saw the runs: {facade:?}");
+
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let (code, text) = get(&sidecar, "/metrics").await;
+    sidecar.shutdown();
+    assert_eq!(code, 200);
+    let exposed = exposed_series(&text);
+    let missing: Vec<_> = facade.difference(&exposed).collect();
+    assert!(
+        missing.is_empty(),
+        "series the facade has and /metrics lacks: {missing:?}\n{text}"
+    );
+    for line in [
+        "# TYPE perfmon_agent_duration_seconds histogram",
+        "# TYPE perfmon_pipeline_duration_seconds histogram",
+        "# TYPE perfmon_agent_runs_total counter",
+        "# HELP perfmon_agent_runs_total Finished agent runs, by agent and outcome.",
+        r#"perfmon_agent_runs_total{agent="crashy",outcome="panicked"} 1"#,
+        r#"perfmon_agent_runs_total{agent="cancelled-agent",outcome="cancelled"} 1"#,
+        r#"perfmon_agent_runs_total{agent="codegen",outcome="failed"} 1"#,
+        r#"perfmon_agent_duration_seconds_bucket{agent="physics",outcome="succeeded",le="0.05"} 1"#,
+        r#"perfmon_pipeline_duration_seconds_count{outcome="failed"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing from\n{text}"
+        );
+    }
 }

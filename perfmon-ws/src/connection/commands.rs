@@ -1,0 +1,136 @@
+//! Client commands (`ping`, `subscribe`, `replay`, ...): what to answer,
+//! and what to replay.
+
+use std::sync::Arc;
+
+use crate::hub::{Filter, Item, Queue, Replay};
+use crate::protocol::{Command, Lists, ServerMessage, codes};
+use crate::shared::Shared;
+
+/// The answer to one client message.
+#[derive(Debug, Default)]
+pub(crate) struct Handled {
+    /// Replies to send, in order.
+    pub(crate) replies: Vec<String>,
+    /// Items to queue after the replies (a `replay`).
+    pub(crate) replay: Option<Vec<Arc<Item>>>,
+}
+
+impl Handled {
+    fn reply(text: String) -> Self {
+        Handled {
+            replies: vec![text],
+            replay: None,
+        }
+    }
+}
+
+/// `resumed`, for a replay from `since`.
+pub(crate) fn resumed(since: u64, replay: &Replay) -> String {
+    ServerMessage::Resumed {
+        since,
+        recovered: replay.recovered,
+        replayed: replay.items.len(),
+        oldest_seq: replay.oldest,
+    }
+    .encode()
+}
+
+/// `error` with `code` and `message`.
+pub(crate) fn error(code: &str, message: &str) -> String {
+    ServerMessage::Error { code, message }.encode()
+}
+
+/// `snapshot` of `topic` (or of everything), if the backend knows it.
+pub(crate) fn snapshot(shared: &Shared, topic: Option<&str>) -> Option<String> {
+    let data = shared.backend.snapshot(topic)?;
+    Some(
+        ServerMessage::Snapshot {
+            pipeline: topic,
+            data,
+        }
+        .encode(),
+    )
+}
+
+/// Answers one client message.
+pub(crate) fn handle(shared: &Shared, queue: &Queue, text: &str) -> Handled {
+    let command: Command = match serde_json::from_str(text) {
+        Ok(command) => command,
+        Err(err) => {
+            shared.hub.stats.error(1);
+            return Handled::reply(error(
+                codes::BAD_MESSAGE,
+                &format!("not a perfmon.v1 command: {err}"),
+            ));
+        }
+    };
+    match command {
+        Command::Ping { id } => Handled::reply(ServerMessage::Pong { id }.encode()),
+        Command::Subscribe(Lists {
+            pipelines,
+            types,
+            agents,
+        }) => {
+            queue.update_filter(|f| {
+                if let Some(p) = pipelines {
+                    f.topics = p;
+                }
+                if let Some(t) = types {
+                    f.kinds = t;
+                }
+                if let Some(a) = agents {
+                    f.tags = a;
+                }
+            });
+            Handled::reply(subscribed(&queue.filter()))
+        }
+        Command::Unsubscribe(Lists {
+            pipelines,
+            types,
+            agents,
+        }) => {
+            queue.update_filter(|f| {
+                let remove = |list: &mut Vec<String>, gone: Option<Vec<String>>| {
+                    if let Some(gone) = gone {
+                        list.retain(|x| !gone.contains(x));
+                    }
+                };
+                remove(&mut f.topics, pipelines);
+                remove(&mut f.kinds, types);
+                remove(&mut f.tags, agents);
+            });
+            Handled::reply(subscribed(&queue.filter()))
+        }
+        Command::Replay { since } => {
+            let replay = shared.hub.replay(since);
+            Handled {
+                replies: vec![resumed(since, &replay)],
+                replay: Some(replay.items),
+            }
+        }
+        Command::GetMetrics => Handled::reply(
+            ServerMessage::Metrics {
+                data: &shared.hub.stats_snapshot(),
+            }
+            .encode(),
+        ),
+        Command::GetSnapshot { pipeline } => match snapshot(shared, pipeline.as_deref()) {
+            Some(text) => Handled::reply(text),
+            None => Handled::reply(error(
+                codes::NOT_FOUND,
+                &format!("no pipeline {:?}", pipeline.unwrap_or_default()),
+            )),
+        },
+    }
+}
+
+fn subscribed(filter: &Filter) -> String {
+    ServerMessage::Subscribed {
+        room: filter.room.as_deref(),
+        pipelines: &filter.topics,
+        types: &filter.kinds,
+        agents: &filter.tags,
+    }
+    .encode()
+}

@@ -1,0 +1,113 @@
+//! One WebSocket connection: attach a queue to the hub, send the first
+//! messages, then a [`writer`] task and a [`reader`] loop until either ends.
+
+mod commands;
+mod limit;
+pub(crate) mod reader;
+mod writer;
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocket;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use self::reader::ReadError;
+use self::writer::Writer;
+use crate::hub::{Filter, Queue};
+use crate::protocol::{self, ServerMessage};
+use crate::shared::Shared;
+
+/// Replies and close requests the reader queues for the writer.
+const CONTROL_CAPACITY: usize = 64;
+
+/// What the reader asks the writer to send.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// A reply.
+    Text(String),
+    /// A close frame with this code and reason; the connection ends.
+    Close(u16, &'static str),
+}
+
+/// Serves one upgraded connection until it ends.
+pub(crate) async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    room: Option<String>,
+    since: Option<u64>,
+    compressed: bool,
+) {
+    let stats = Arc::clone(&shared.hub.stats);
+    stats.connection_opened();
+    let filter = Filter {
+        room: room.clone(),
+        ..Filter::default()
+    };
+    let queue = Arc::new(Queue::new(shared.config.queue_capacity, filter));
+    let (sink, stream) = socket.split();
+
+    // The welcome, then a room's snapshot, then any replay: in that order,
+    // before live events (the queue is attached now but drained later).
+    // Listen before attaching, and start "changed", so nothing published
+    // from here on (or replayed) waits for a later event to be sent.
+    let mut announcements = shared.hub.announcements();
+    announcements.mark_changed();
+    let replay = shared.hub.attach(Arc::clone(&queue), since);
+    let mut first = vec![
+        ServerMessage::Welcome {
+            session: shared.next_session(),
+            protocol: protocol::PROTOCOL,
+            last_seq: shared.hub.last_seq(),
+            room: room.as_deref(),
+        }
+        .encode(),
+    ];
+    if let Some(topic) = &room
+        && let Some(snapshot) = commands::snapshot(&shared, Some(topic))
+    {
+        first.push(snapshot);
+    }
+    if let (Some(since), Some(replay)) = (since, replay) {
+        // The replayed items are already queued, behind these messages.
+        first.push(commands::resumed(since, &replay));
+    }
+
+    let (control_tx, control_rx) = mpsc::channel::<Control>(CONTROL_CAPACITY);
+    let mut writer = tokio::spawn(
+        Writer {
+            sink,
+            shared: Arc::clone(&shared),
+            queue: Arc::clone(&queue),
+            first,
+            control: control_rx,
+            announcements,
+            compressed,
+        }
+        .run(),
+    );
+    let stream = stream.map(|msg| msg.map_err(read_error));
+    let reader = reader::run(stream, &shared, &queue, control_tx);
+    // If the writer ends (slow client cut off, socket error, shutdown), the
+    // connection ends with it; if the reader ends, the writer sends what the
+    // reader asked for (a close frame) and ends when the channel closes.
+    tokio::select! {
+        () = reader => { let _ = writer.await; }
+        _ = &mut writer => {}
+    }
+    shared.hub.detach(&queue);
+    stats.connection_closed();
+}
+
+/// A read error, as the reader needs to tell them apart.
+fn read_error(err: axum::Error) -> ReadError {
+    let too_big = err
+        .into_inner()
+        .downcast::<tokio_tungstenite::tungstenite::Error>()
+        .is_ok_and(|e| matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_)));
+    if too_big {
+        ReadError::TooBig
+    } else {
+        ReadError::Broken
+    }
+}

@@ -1,0 +1,225 @@
+//! [`MonitorBuilder`], and the constructors of [`Monitor`]: settings
+//! checked once, then a recorder, its bus and its threads.
+//!
+//! Above `monitor` in the crate's dependency order (it builds one); the
+//! monitor never names its builder's internals.
+
+use std::sync::Arc;
+#[cfg(feature = "process")]
+use std::time::Duration;
+
+use crate::clock::MockClock;
+use crate::events::Bus;
+use crate::monitor::Monitor;
+use crate::recorder::{Recorder, RecorderConfig};
+use crate::stats::AgentTable;
+
+/// The default share of a pipeline's wall time above which an agent is a bottleneck.
+pub const DEFAULT_BOTTLENECK_THRESHOLD: f64 = 0.30;
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor::new()
+    }
+}
+
+impl Monitor {
+    /// A monitor with default settings. See [`Monitor::builder`].
+    pub fn new() -> Self {
+        Monitor::builder().build()
+    }
+
+    /// Configures a monitor.
+    pub fn builder() -> MonitorBuilder {
+        MonitorBuilder::default()
+    }
+}
+
+/// Builds a [`Monitor`]. Out-of-range values panic at the builder call,
+/// naming the valid range, like `tokio::runtime::Builder`.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until .build()"]
+pub struct MonitorBuilder {
+    config: RecorderConfig,
+    event_queue_capacity: usize,
+    subscriber_capacity: usize,
+    max_agents: usize,
+    clock: Option<quanta::Clock>,
+    #[cfg(feature = "process")]
+    sampler: Option<Duration>,
+}
+
+impl Default for MonitorBuilder {
+    fn default() -> Self {
+        MonitorBuilder {
+            config: RecorderConfig {
+                threshold: DEFAULT_BOTTLENECK_THRESHOLD,
+                recent_capacity: 1_000,
+                max_runs_per_pipeline: 10_000,
+                metrics: true,
+            },
+            event_queue_capacity: 8_192,
+            subscriber_capacity: 4_096,
+            max_agents: 1_000,
+            clock: None,
+            #[cfg(feature = "process")]
+            sampler: None,
+        }
+    }
+}
+
+impl MonitorBuilder {
+    /// Share of a pipeline's wall time above which an agent is a bottleneck.
+    /// Default 0.30.
+    ///
+    /// # Panics
+    ///
+    /// If `share` is not in `(0, 1]`.
+    #[track_caller]
+    pub fn bottleneck_threshold(mut self, share: f64) -> Self {
+        assert!(
+            share > 0.0 && share <= 1.0,
+            "bottleneck_threshold must be in (0, 1] (a share of the pipeline's time), got {share}"
+        );
+        self.config.threshold = share;
+        self
+    }
+
+    /// How many finished pipeline reports to keep. Default 1,000.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn recent_capacity(mut self, n: usize) -> Self {
+        assert!(n > 0, "recent_capacity must be at least 1, got 0");
+        self.config.recent_capacity = n;
+        self
+    }
+
+    /// How many agent runs a pipeline report keeps individually; runs past
+    /// that are aggregated per agent (see `PipelineReport::aggregated`).
+    /// Default 10,000.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn max_runs_per_pipeline(mut self, n: usize) -> Self {
+        assert!(n > 0, "max_runs_per_pipeline must be at least 1, got 0");
+        self.config.max_runs_per_pipeline = n;
+        self
+    }
+
+    /// How many distinct agent names to track; runs of further names are
+    /// counted under one more entry, `"(other)"`, and in
+    /// `Overview::agents_overflowed`. Default 1,000.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn max_agents(mut self, n: usize) -> Self {
+        assert!(n > 0, "max_agents must be at least 1, got 0");
+        self.max_agents = n;
+        self
+    }
+
+    /// Capacity of the queue between the recorder and the event dispatcher.
+    /// When full, new events are dropped and counted in
+    /// `Overview::events_dropped`. Default 8,192.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn event_queue_capacity(mut self, n: usize) -> Self {
+        assert!(n > 0, "event_queue_capacity must be at least 1, got 0");
+        self.event_queue_capacity = n;
+        self
+    }
+
+    /// How many events a [`Subscription`] may fall behind before it starts
+    /// missing them. Default 4,096.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0 or above `usize::MAX / 2`.
+    #[track_caller]
+    pub fn subscriber_capacity(mut self, n: usize) -> Self {
+        assert!(
+            n > 0 && n <= usize::MAX / 2,
+            "subscriber_capacity must be in 1..={}, got {n}",
+            usize::MAX / 2
+        );
+        self.subscriber_capacity = n;
+        self
+    }
+
+    /// Whether to export through the `metrics` facade. Default `true`.
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.config.metrics = enabled;
+        self
+    }
+
+    /// Uses a clock you advance by hand, for exact timings in tests.
+    pub fn mock_clock(mut self, clock: &MockClock) -> Self {
+        self.clock = Some(clock.clock.clone());
+        self
+    }
+
+    /// Samples the process's CPU, memory and thread count every `interval`
+    /// on a background thread, as `state_update` events and gauges.
+    ///
+    /// # Panics
+    ///
+    /// If `interval` is shorter than 100 ms.
+    #[cfg(feature = "process")]
+    #[track_caller]
+    pub fn process_sampler(mut self, interval: Duration) -> Self {
+        assert!(
+            interval >= Duration::from_millis(100),
+            "process_sampler interval must be at least 100ms, got {interval:?}"
+        );
+        self.sampler = Some(interval);
+        self
+    }
+
+    /// Builds the monitor. A process sampler that cannot start its thread
+    /// is counted in `Overview::thread_failures`; the monitor works without it.
+    pub fn build(self) -> Monitor {
+        let clock = self.clock.unwrap_or_default();
+        if self.config.metrics {
+            crate::metrics::describe();
+        }
+        let recorder = Arc::new(Recorder::new(
+            self.config.clone(),
+            clock,
+            AgentTable::new(self.max_agents, self.config.metrics),
+            Bus::new(
+                self.event_queue_capacity,
+                self.subscriber_capacity,
+                self.config.metrics,
+            ),
+        ));
+        #[cfg(feature = "process")]
+        let sampler =
+            self.sampler.and_then(
+                |interval| match crate::sampler::spawn(&recorder, interval) {
+                    Ok(sampler) => Some(sampler),
+                    Err(_) => {
+                        recorder
+                            .counters
+                            .thread_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        None
+                    }
+                },
+            );
+        Monitor::from_recorder(
+            recorder,
+            #[cfg(feature = "process")]
+            sampler,
+        )
+    }
+}

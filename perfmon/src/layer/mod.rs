@@ -1,0 +1,510 @@
+//! [`PerfmonLayer`]: the `tracing_subscriber::Layer` that does the timing.
+//!
+//! Which spans and events matter is decided once per callsite, in
+//! `register_callsite`, and kept in a fixed lock-free table
+//! ([`callsites`]). Per-span state lives in the span's extensions. The only
+//! locks on the way of a span are the span's own extensions lock (from the
+//! registry), its agent's statistics mutex and its pipeline's mutex: none
+//! is shared by all spans.
+//!
+//! Writes into the [`Recorder`]; imports nothing above it (not the guards,
+//! not the monitor). The guards reach pipeline state through
+//! [`WithPipeline`], found on the dispatcher.
+
+mod callsites;
+mod visitors;
+
+use std::any::TypeId;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Dispatch, Event, Level, Metadata, Subscriber};
+use tracing_core::subscriber::Interest;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+use self::callsites::{Callsites, Kind};
+use self::visitors::{AgentVisitor, ErrorVisitor, NameVisitor, OutcomeVisitor, ProgressVisitor};
+use crate::events::EventKind;
+use crate::fields::PIPELINE_FIELD;
+use crate::outcome::{Outcome, UnknownOutcome};
+use crate::pipeline::{PipelineState, Ticket};
+use crate::record::Progress;
+use crate::recorder::Recorder;
+use crate::stats::AgentEntry;
+
+/// Per-span state of an agent run, in the span's extensions.
+struct AgentData {
+    entry: Arc<AgentEntry>,
+    pipeline: Option<Arc<PipelineState>>,
+    ticket: Ticket,
+    start: quanta::Instant,
+    busy: Option<Busy>,
+    outcome: Option<Outcome>,
+}
+
+impl AgentData {
+    /// The slot of this run in its pipeline, for runs nested in it.
+    fn slot(&self) -> Option<u32> {
+        match self.ticket {
+            Ticket::Slot(i) => Some(i),
+            Ticket::Aggregated | Ticket::Late => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Busy {
+    total: Duration,
+    entered_at: Option<quanta::Instant>,
+    depth: u32,
+    entered: bool,
+}
+
+/// Per-span state of a pipeline, in the span's extensions.
+struct PipelineData {
+    state: Arc<PipelineState>,
+    error: Option<String>,
+}
+
+/// The nearest perfmon span around something: the agent run (if the
+/// nearest is one), its pipeline, and the run's slot in that pipeline.
+#[derive(Default)]
+struct Nearest {
+    agent: Option<Arc<str>>,
+    pipeline: Option<Arc<PipelineState>>,
+    slot: Option<u32>,
+}
+
+/// Lets code holding a span (the guards) reach perfmon's state for it
+/// through the dispatcher, whatever the subscriber stack looks like.
+/// Found with `Dispatch::downcast_ref`, the way `tracing-error` finds its layer.
+#[derive(Clone, Copy)]
+pub(crate) struct WithPipeline(fn(&Dispatch, &Id) -> Option<Arc<PipelineState>>);
+
+impl WithPipeline {
+    /// The pipeline state behind the span `id`, if it is a pipeline span
+    /// recorded by a `PerfmonLayer` in `dispatch`.
+    pub(crate) fn lookup(dispatch: &Dispatch, id: &Id) -> Option<Arc<PipelineState>> {
+        let this = dispatch.downcast_ref::<WithPipeline>()?;
+        (this.0)(dispatch, id)
+    }
+}
+
+/// The `tracing_subscriber::Layer` that times perfmon spans; from [`crate::Monitor::layer`].
+///
+/// A span is an agent run if it has a `perfmon.agent` field, a pipeline if it
+/// has `perfmon.pipeline`, whoever made it: perfmon's guards and macros, or
+/// `#[tracing::instrument(fields(perfmon.agent = "x"))]`.
+pub struct PerfmonLayer<S> {
+    recorder: Arc<Recorder>,
+    callsites: Callsites,
+    /// Open agent spans whose busy time is tracked. While it is zero,
+    /// `on_enter`/`on_exit` return before looking the span up, so sync
+    /// agents and unrelated spans pay nothing for busy tracking.
+    busy_open: AtomicUsize,
+    with_pipeline: WithPipeline,
+    _subscriber: PhantomData<fn(S)>,
+}
+
+impl<S> fmt::Debug for PerfmonLayer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerfmonLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> PerfmonLayer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    pub(crate) fn new(recorder: Arc<Recorder>) -> Self {
+        PerfmonLayer {
+            recorder,
+            callsites: Callsites::new(),
+            busy_open: AtomicUsize::new(0),
+            with_pipeline: WithPipeline(Self::pipeline_of),
+            _subscriber: PhantomData,
+        }
+    }
+
+    fn pipeline_of(dispatch: &Dispatch, id: &Id) -> Option<Arc<PipelineState>> {
+        let subscriber = dispatch.downcast_ref::<S>()?;
+        let span = subscriber.span(id)?;
+        let ext = span.extensions();
+        ext.get::<PipelineData>().map(|p| Arc::clone(&p.state))
+    }
+
+    /// The one walk up the span tree: the first of `spans` (nearest first)
+    /// that is an agent run or a pipeline. One registry lookup per step.
+    fn nearest<'a>(spans: impl Iterator<Item = SpanRef<'a, S>>) -> Option<Nearest> {
+        for span in spans {
+            let ext = span.extensions();
+            if let Some(agent) = ext.get::<AgentData>() {
+                return Some(Nearest {
+                    agent: Some(Arc::clone(&agent.entry.name)),
+                    pipeline: agent.pipeline.clone(),
+                    slot: agent.slot(),
+                });
+            }
+            if let Some(pipeline) = ext.get::<PipelineData>() {
+                return Some(Nearest {
+                    pipeline: Some(Arc::clone(&pipeline.state)),
+                    ..Nearest::default()
+                });
+            }
+        }
+        None
+    }
+
+    fn kind(&self, meta: &'static Metadata<'static>) -> Option<Kind> {
+        self.callsites.get(meta)
+    }
+
+    fn open_agent(&self, attrs: &Attributes<'_>, span: &SpanRef<'_, S>, sync: bool) {
+        let recorder = &self.recorder;
+        let mut name = AgentVisitor::new(&recorder.agents, &recorder.counters.agents_overflowed);
+        attrs.record(&mut name);
+        let entry = name.into_entry();
+        let start = recorder.now();
+        let Nearest { pipeline, slot, .. } =
+            Self::nearest(span.scope().skip(1)).unwrap_or_default();
+        let ticket = match &pipeline {
+            Some(p) => p.open_run(&entry.name, slot, start, recorder.system_time(start)),
+            None => Ticket::Late,
+        };
+        entry.run_started();
+        if !sync {
+            self.busy_open.fetch_add(1, Ordering::Relaxed);
+        }
+        recorder.publish(pipeline.as_ref().map(|p| Arc::clone(&p.id)), start, || {
+            EventKind::AgentStarted {
+                agent: Arc::clone(&entry.name),
+                run: pipeline.as_ref().map(|p| p.run),
+            }
+        });
+        span.extensions_mut().insert(AgentData {
+            entry,
+            pipeline,
+            ticket,
+            start,
+            busy: if sync { None } else { Some(Busy::default()) },
+            outcome: None,
+        });
+    }
+
+    fn open_pipeline(&self, attrs: &Attributes<'_>, span: &SpanRef<'_, S>) {
+        let mut id = NameVisitor::new(PIPELINE_FIELD);
+        attrs.record(&mut id);
+        let state = self
+            .recorder
+            .pipeline_started(Arc::from(id.value()), self.recorder.now());
+        span.extensions_mut()
+            .insert(PipelineData { state, error: None });
+    }
+
+    fn close_agent(&self, data: AgentData) {
+        let recorder = &self.recorder;
+        let end = recorder.now();
+        let duration = end.saturating_duration_since(data.start);
+        if data.busy.is_some() {
+            self.busy_open.fetch_sub(1, Ordering::Relaxed);
+        }
+        let busy = data.busy.and_then(|b| b.entered.then_some(b.total));
+        let outcome = data.outcome.unwrap_or_default();
+        data.entry.run_finished(duration, &outcome);
+        if let Some(pipeline) = &data.pipeline {
+            pipeline.close_run(data.ticket, &data.entry.name, duration, busy, &outcome);
+        }
+        let pipeline_id = data.pipeline.as_ref().map(|p| Arc::clone(&p.id));
+        let run = data.pipeline.as_ref().map(|p| p.run);
+        recorder.publish(pipeline_id, end, || EventKind::AgentCompleted {
+            agent: Arc::clone(&data.entry.name),
+            duration,
+            busy,
+            outcome,
+            run,
+        });
+    }
+
+    /// An unknown `perfmon.outcome` value: the run fails with a text that
+    /// says what to record instead, and an `error` event says so live.
+    fn unknown_outcome(
+        &self,
+        err: &UnknownOutcome,
+        agent: Option<Arc<str>>,
+        pipeline: Option<Arc<str>>,
+    ) -> Outcome {
+        let message = err.to_string();
+        self.recorder
+            .publish(pipeline, self.recorder.now(), || EventKind::Error {
+                agent,
+                message: message.clone(),
+            });
+        Outcome::Failed { error: message }
+    }
+}
+
+impl<S> Layer<S> for PerfmonLayer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if let Some(kind) = Kind::classify(meta) {
+            self.callsites.insert(meta, kind);
+        }
+        // Never filter anything out for the other layers.
+        Interest::always()
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(kind) = self.kind(attrs.metadata()) else {
+            return;
+        };
+        let Some(span) = ctx.span(id) else { return };
+        match kind {
+            Kind::Agent => self.open_agent(attrs, &span, false),
+            Kind::AgentSync => self.open_agent(attrs, &span, true),
+            Kind::Pipeline => self.open_pipeline(attrs, &span),
+            Kind::Progress | Kind::Thought => {}
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let Some(kind) = self.kind(span.metadata()) else {
+            return;
+        };
+        let mut visitor = OutcomeVisitor::default();
+        values.record(&mut visitor);
+        if visitor.is_empty() {
+            return;
+        }
+        let mut ext = span.extensions_mut();
+        match kind {
+            Kind::Agent | Kind::AgentSync => {
+                let Some(data) = ext.get_mut::<AgentData>() else {
+                    return;
+                };
+                data.outcome = match visitor.agent_outcome(data.outcome.take()) {
+                    Ok(outcome) => outcome,
+                    Err(err) => Some(self.unknown_outcome(
+                        &err,
+                        Some(Arc::clone(&data.entry.name)),
+                        data.pipeline.as_ref().map(|p| Arc::clone(&p.id)),
+                    )),
+                };
+            }
+            Kind::Pipeline => {
+                let Some(data) = ext.get_mut::<PipelineData>() else {
+                    return;
+                };
+                if let Some(error) = visitor.error.take() {
+                    data.error = Some(error);
+                }
+                // Recording an outcome ends the pipeline now, even if spans
+                // that still hold it open (detached tasks) close later.
+                if let Some(value) = visitor.outcome.take() {
+                    let state = Arc::clone(&data.state);
+                    let outcome = OutcomeVisitor::pipeline_outcome(&value, data.error.take());
+                    drop(ext);
+                    let outcome = outcome.unwrap_or_else(|err| {
+                        self.unknown_outcome(&err, None, Some(Arc::clone(&state.id)))
+                    });
+                    self.recorder.finish_pipeline(&state, outcome);
+                }
+            }
+            Kind::Progress | Kind::Thought => {}
+        }
+    }
+
+    fn on_follows_from(&self, id: &Id, follows: &Id, ctx: Context<'_, S>) {
+        // An agent opened outside any pipeline that declares it follows from
+        // a span inside one joins that pipeline.
+        let (Some(span), Some(cause)) = (ctx.span(id), ctx.span(follows)) else {
+            return;
+        };
+        if !self.kind(span.metadata()).is_some_and(Kind::is_agent) {
+            return;
+        }
+        let Some(Nearest {
+            pipeline: Some(pipeline),
+            slot,
+            ..
+        }) = Self::nearest(cause.scope())
+        else {
+            return;
+        };
+        let mut ext = span.extensions_mut();
+        let Some(data) = ext.get_mut::<AgentData>() else {
+            return;
+        };
+        if data.pipeline.is_none() {
+            data.ticket = pipeline.open_run(
+                &data.entry.name,
+                slot,
+                data.start,
+                self.recorder.system_time(data.start),
+            );
+            data.pipeline = Some(pipeline);
+        }
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if self.busy_open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        if self.kind(span.metadata()) != Some(Kind::Agent) {
+            return;
+        }
+        let mut ext = span.extensions_mut();
+        if let Some(busy) = ext.get_mut::<AgentData>().and_then(|d| d.busy.as_mut()) {
+            if busy.depth == 0 {
+                busy.entered_at = Some(self.recorder.now());
+            }
+            busy.depth += 1;
+            busy.entered = true;
+        }
+    }
+
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        if self.busy_open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        if self.kind(span.metadata()) != Some(Kind::Agent) {
+            return;
+        }
+        let mut ext = span.extensions_mut();
+        if let Some(busy) = ext.get_mut::<AgentData>().and_then(|d| d.busy.as_mut()) {
+            busy.depth = busy.depth.saturating_sub(1);
+            if busy.depth == 0
+                && let Some(at) = busy.entered_at.take()
+            {
+                busy.total += self.recorder.now().saturating_duration_since(at);
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let kind = self.kind(meta);
+        let is_error = *meta.level() == Level::ERROR;
+        if kind.is_none() && !is_error {
+            return;
+        }
+        let Some(Nearest {
+            agent, pipeline, ..
+        }) = ctx
+            .event_span(event)
+            .and_then(|span| Self::nearest(span.scope()))
+        else {
+            return;
+        };
+        let recorder = &self.recorder;
+        let at = recorder.now();
+        let pipeline_id = pipeline.as_ref().map(|p| Arc::clone(&p.id));
+        match kind {
+            Some(Kind::Progress) => {
+                let Some(agent) = agent else { return };
+                let mut v = ProgressVisitor::default();
+                event.record(&mut v);
+                let progress = Progress {
+                    agent: Arc::clone(&agent),
+                    percent: v.percent,
+                    stage: v.stage,
+                    message: v.message,
+                };
+                if let Some(p) = &pipeline {
+                    p.set_progress(progress.clone());
+                }
+                recorder.publish(pipeline_id, at, || EventKind::AgentProgress {
+                    agent,
+                    percent: progress.percent,
+                    stage: progress.stage,
+                    message: progress.message,
+                });
+            }
+            Some(Kind::Thought) => {
+                let Some(agent) = agent else { return };
+                if !recorder.bus.is_active() {
+                    return;
+                }
+                let mut v = ProgressVisitor::default();
+                event.record(&mut v);
+                recorder.publish(pipeline_id, at, || EventKind::Thought {
+                    agent,
+                    text: v.message.unwrap_or_default(),
+                });
+            }
+            _ => {
+                // An ERROR event with an `error` field directly inside an
+                // agent span marks the run failed: what `#[instrument(err)]` emits.
+                let mut v = ErrorVisitor::default();
+                event.record(&mut v);
+                if let Some(error) = &v.error
+                    && let Some(span) = ctx.event_span(event)
+                {
+                    let mut ext = span.extensions_mut();
+                    if let Some(data) = ext.get_mut::<AgentData>()
+                        && data.outcome.is_none()
+                    {
+                        data.outcome = Some(Outcome::Failed {
+                            error: error.clone(),
+                        });
+                    }
+                }
+                recorder.publish(pipeline_id, at, || EventKind::Error {
+                    agent,
+                    message: v.into_message(),
+                });
+            }
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let Some(kind) = self.kind(span.metadata()) else {
+            return;
+        };
+        let mut ext = span.extensions_mut();
+        match kind {
+            Kind::Agent | Kind::AgentSync => {
+                if let Some(data) = ext.remove::<AgentData>() {
+                    drop(ext);
+                    self.close_agent(data);
+                }
+            }
+            Kind::Pipeline => {
+                if let Some(data) = ext.remove::<PipelineData>() {
+                    drop(ext);
+                    let outcome = data
+                        .error
+                        .map_or(Outcome::Succeeded, |error| Outcome::Failed { error });
+                    self.recorder.finish_pipeline(&data.state, outcome);
+                }
+            }
+            Kind::Progress | Kind::Thought => {}
+        }
+    }
+
+    // SAFETY: each pointer returned points to a value of exactly the type
+    // whose `TypeId` was asked for, owned by `self` and so valid as long as
+    // the subscriber is (the contract of `downcast_raw`); tracing-error's
+    // `ErrorLayer` hands out its `WithContext` the same way.
+    #[allow(unsafe_code)]
+    unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
+        if id == TypeId::of::<Self>() {
+            Some(self as *const Self as *const ())
+        } else if id == TypeId::of::<WithPipeline>() {
+            Some(&self.with_pipeline as *const WithPipeline as *const ())
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Dropping the last `Monitor` stops and joins every thread it started.
+//! Its own test binary: it counts the process's threads by name.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use perfmon::{Event, Exporter, Monitor};
+
+struct Nothing;
+
+impl Exporter for Nothing {
+    fn export(&mut self, _: &[Event]) {}
+}
+
+/// The process's threads whose name starts with `perfmon-` (Linux).
+fn perfmon_threads() -> Option<Vec<String>> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut names: Vec<String> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| n.starts_with("perfmon-"))
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+#[test]
+fn dropping_the_last_monitor_joins_every_thread_it_started() {
+    let Some(before) = perfmon_threads() else {
+        eprintln!("skipped: no /proc/self/task on this system");
+        return;
+    };
+    assert!(before.is_empty(), "{before:?}");
+    let monitor = Monitor::builder()
+        .metrics(false)
+        .process_sampler(Duration::from_millis(100))
+        .build();
+    let sub = monitor.subscribe();
+    let _exporter = monitor.add_exporter(Nothing).expect("spawned");
+    let sidecar = perfmon::ws::Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .expect("sidecar");
+    let running = perfmon_threads().unwrap();
+    // Linux keeps the first 15 bytes of a thread's name.
+    for name in [
+        "perfmon-events",
+        "perfmon-exporter",
+        "perfmon-sampler",
+        "perfmon-sidecar",
+    ] {
+        let shown = &name[..name.len().min(15)];
+        assert!(running.iter().any(|n| n == shown), "{name} in {running:?}");
+    }
+    sidecar.shutdown();
+    drop(sub);
+    drop(monitor);
+    assert_eq!(perfmon_threads().unwrap(), Vec::<String>::new());
+}
