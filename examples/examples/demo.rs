@@ -190,6 +190,10 @@ async fn main() -> ExitCode {
         "Try:       curl -s {}api/performance/overview",
         sidecar.url()
     );
+    println!(
+        "Metrics:   curl -s {}metrics   (Prometheus: histograms by agent and outcome)",
+        sidecar.url()
+    );
     let run = async {
         let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15);
         let mut n = 0;

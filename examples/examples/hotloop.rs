@@ -13,8 +13,12 @@
 //!
 //! MODE: `registry` (a bare span, Registry only: the baseline), `perfmon`
 //! (`perfmon::agent` with the layer), `pipeline` (the same inside one
-//! pipeline), `none` (`perfmon::agent` with no subscriber). See BENCHMARKS.md.
+//! pipeline), `future` (a ready future tracked with `track_agent`, polled
+//! once), `future-registry` (the same future `.instrument`ed, Registry only:
+//! the async baseline), `none` (`perfmon::agent` with no subscriber). See
+//! BENCHMARKS.md.
 
+use std::future::Future;
 use std::hint::black_box;
 
 use tracing::field::Empty;
@@ -64,13 +68,35 @@ fn main() {
             }
             drop(pipeline);
         }),
+        "future" => tracing::dispatcher::with_default(&with_layer(), || {
+            use perfmon::TrackAgentExt;
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            for _ in 0..runs {
+                let mut fut = std::pin::pin!(std::future::ready(1).track_agent("retrieval"));
+                let _ = black_box(fut.as_mut().poll(&mut cx));
+            }
+        }),
+        "future-registry" => {
+            let registry = tracing::Dispatch::new(tracing_subscriber::registry());
+            tracing::dispatcher::with_default(&registry, || {
+                use tracing::Instrument;
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                for _ in 0..runs {
+                    let span = tracing::info_span!(target: "perfmon", "agent", perfmon.agent = "retrieval");
+                    let mut fut = std::pin::pin!(std::future::ready(1).instrument(span));
+                    let _ = black_box(fut.as_mut().poll(&mut cx));
+                }
+            });
+        }
         "none" => {
             for _ in 0..runs {
                 drop(black_box(perfmon::agent("geometry")));
             }
         }
         other => {
-            eprintln!("unknown mode {other:?}: registry | perfmon | pipeline | none");
+            eprintln!(
+                "unknown mode {other:?}: registry | perfmon | pipeline | future | future-registry | none"
+            );
             std::process::exit(2);
         }
     }

@@ -139,7 +139,7 @@ impl MonitorBuilder {
         self
     }
 
-    /// How many events a [`Subscription`] may fall behind before it starts
+    /// How many events a [`Subscription`](crate::Subscription) may fall behind before it starts
     /// missing them. Default 4,096.
     ///
     /// # Panics
@@ -175,6 +175,7 @@ impl MonitorBuilder {
     ///
     /// If `interval` is shorter than 100 ms.
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     #[track_caller]
     pub fn process_sampler(mut self, interval: Duration) -> Self {
         assert!(

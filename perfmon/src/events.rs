@@ -191,7 +191,7 @@ pub(crate) struct Bus {
     dispatcher_thread: std::sync::OnceLock<Thread>,
     /// Threads to wake after a drain moved events (exporters).
     wakers: Mutex<Vec<Thread>>,
-    spawn_failures: AtomicU64,
+    thread_failures: AtomicU64,
     /// Mirror `dropped` into the `metrics` facade (from the dispatcher).
     export_metrics: bool,
 }
@@ -213,7 +213,7 @@ impl Bus {
             dispatcher: Mutex::new(None),
             dispatcher_thread: std::sync::OnceLock::new(),
             wakers: Mutex::new(Vec::new()),
-            spawn_failures: AtomicU64::new(0),
+            thread_failures: AtomicU64::new(0),
             export_metrics,
         }
     }
@@ -256,9 +256,15 @@ impl Bus {
         self.published.load(Ordering::Relaxed)
     }
 
-    /// Dispatcher threads that could not be spawned.
-    pub(crate) fn spawn_failures(&self) -> u64 {
-        self.spawn_failures.load(Ordering::Relaxed)
+    /// Event threads that failed: a dispatcher that could not be spawned,
+    /// an exporter that panicked.
+    pub(crate) fn thread_failures(&self) -> u64 {
+        self.thread_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts one failed event thread.
+    pub(crate) fn count_thread_failure(&self) {
+        self.thread_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Moves everything queued to the subscribers, numbering it. Returns how
@@ -349,7 +355,7 @@ pub(crate) fn ensure_dispatcher(bus: &Arc<Bus>) {
             *slot = Some(handle);
         }
         Err(_) => {
-            bus.spawn_failures.fetch_add(1, Ordering::Relaxed);
+            bus.count_thread_failure();
         }
     }
 }

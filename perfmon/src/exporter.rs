@@ -211,10 +211,14 @@ pub(crate) fn spawn(
         .name("perfmon-exporter".into())
         .spawn(move || {
             let control = thread_control;
-            // Marks the exporter stopped even if it panics.
+            // Marks the exporter stopped even if it panics, and counts a
+            // panic in `Overview::thread_failures`.
             struct Exited<'a>(&'a Control);
             impl Drop for Exited<'_> {
                 fn drop(&mut self) {
+                    if thread::panicking() {
+                        self.0.bus.count_thread_failure();
+                    }
                     self.0.bus.stop_waking(&thread::current());
                     self.0.set(|s| s.exited = true);
                 }

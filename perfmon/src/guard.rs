@@ -294,8 +294,8 @@ pin_project! {
     /// A future run as a pipeline; from [`Monitor::track_pipeline`](crate::Monitor::track_pipeline).
     #[must_use = "futures do nothing unless polled"]
     pub struct TrackedPipeline<F: Future> {
-        // `None` only while being dropped: the future is dropped inside
-        // its span, so what it does while cancelled is attributed to it.
+        // `None` once complete or while being dropped: either way it is
+        // dropped inside its span (see `poll` and `drop`).
         #[pin]
         inner: Option<F>,
         span: Span,
@@ -307,7 +307,9 @@ pin_project! {
     impl<F: Future> PinnedDrop for TrackedPipeline<F> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
-            {
+            // A future dropped before completion is dropped inside its span,
+            // so what it does while cancelled is attributed to it.
+            if this.inner.is_some() {
                 let _entered = this.span.enter();
                 this.inner.set(None);
             }
@@ -354,14 +356,18 @@ impl<F: Future> Future for TrackedPipeline<F> {
     type Output = (F::Output, PipelineReport);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let output = {
             let _entered = this.span.enter();
-            // `inner` is `None` only inside `drop`, where nothing polls.
-            let Some(inner) = this.inner.as_pin_mut() else {
+            // `None` once complete: polled again, it stays pending.
+            let Some(inner) = this.inner.as_mut().as_pin_mut() else {
                 return Poll::Pending;
             };
-            std::task::ready!(inner.poll(cx))
+            let output = std::task::ready!(inner.poll(cx));
+            // Dropped here, inside the span already entered, so that
+            // `drop` has nothing left to enter the span for.
+            this.inner.set(None);
+            output
         };
         *this.done = true;
         let outcome = match (this.error_of)(&output) {
@@ -410,7 +416,7 @@ pin_project! {
     /// A future timed as an agent run; from [`TrackAgentExt`].
     #[must_use = "futures do nothing unless polled"]
     pub struct TrackedAgent<F: Future> {
-        // `None` only while being dropped: see `TrackedPipeline`.
+        // `None` once complete or while being dropped: see `TrackedPipeline`.
         #[pin]
         inner: Option<F>,
         span: Span,
@@ -424,7 +430,9 @@ pin_project! {
     impl<F: Future> PinnedDrop for TrackedAgent<F> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
-            {
+            // A future dropped before completion is dropped inside its span,
+            // so what it does while cancelled is attributed to it.
+            if this.inner.is_some() {
                 let _entered = this.span.enter();
                 this.inner.set(None);
             }
@@ -482,14 +490,18 @@ impl<F: Future> Future for TrackedAgent<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let output = {
             let _entered = this.span.enter();
-            // `inner` is `None` only inside `drop`, where nothing polls.
-            let Some(inner) = this.inner.as_pin_mut() else {
+            // `None` once complete: polled again, it stays pending.
+            let Some(inner) = this.inner.as_mut().as_pin_mut() else {
                 return Poll::Pending;
             };
-            std::task::ready!(inner.poll(cx))
+            let output = std::task::ready!(inner.poll(cx));
+            // Dropped here, inside the span already entered, so that
+            // `drop` has nothing left to enter the span for.
+            this.inner.set(None);
+            output
         };
         *this.done = true;
         let error = (this.error_of)(&output);

@@ -58,7 +58,7 @@
 //! ```
 //!
 //! `async fn`s, methods, generics and `#[async_trait]` work the same; see
-//! [`macro@track_agent`]. Without the attribute, use guards:
+//! `#[track_agent]`'s docs (feature `macros`). Without the attribute, use guards:
 //!
 //! ```
 //! # use tracing_subscriber::prelude::*;

@@ -215,7 +215,7 @@ impl Monitor {
             events_published: recorder.bus.published(),
             events_dropped: recorder.bus.dropped(),
             thread_failures: c.thread_failures.load(Ordering::Relaxed)
-                + recorder.bus.spawn_failures(),
+                + recorder.bus.thread_failures(),
         }
     }
 

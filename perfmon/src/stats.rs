@@ -122,9 +122,10 @@ pub struct Overview {
     /// (subscribers too slow to drain it). Per-subscriber losses are in
     /// `Subscription::missed`.
     pub events_dropped: u64,
-    /// perfmon background threads (event dispatcher, process sampler) that
-    /// could not be started: the process is out of threads or memory. While
-    /// it is above 0, live events or process samples may be missing.
+    /// perfmon background threads that failed: an event dispatcher or a
+    /// process sampler that could not be started (the process is out of
+    /// threads or memory), or an exporter that panicked. While it is above
+    /// 0, live events, process samples or an exporter's output may be missing.
     pub thread_failures: u64,
 }
 

@@ -370,3 +370,37 @@ fn dropping_the_last_monitor_flushes_its_exporters() {
     assert_eq!(*sink.flushes.lock().expect("not poisoned"), 1);
     assert_eq!(sink.events.lock().expect("not poisoned").len(), 2);
 }
+
+struct Panicking;
+
+impl Exporter for Panicking {
+    fn export(&mut self, _: &[Event]) {
+        panic!("exporter bug");
+    }
+}
+
+#[test]
+fn a_panicking_exporter_is_counted_and_says_it_stopped() {
+    let (monitor, _clock, _g) = mocked();
+    let exporter = monitor
+        .add_exporter(Panicking)
+        .expect("exporter thread spawned");
+    drop(monitor.start_pipeline("boom"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while exporter.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exporter did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(monitor.overview().thread_failures, 1);
+    assert_eq!(
+        exporter.flush(Duration::from_secs(1)),
+        Err(perfmon::ExporterError::Stopped)
+    );
+    // The recorder and other subscribers go on.
+    let mut sub = monitor.subscribe();
+    drop(monitor.start_pipeline("after"));
+    assert!(sub.recv_blocking_timeout(Duration::from_secs(5)).is_some());
+}

@@ -111,3 +111,38 @@ fn read_error(err: axum::Error) -> ReadError {
         ReadError::Broken
     }
 }
+
+/// What the reader's and writer's unit tests share: a server's state with
+/// a backend that knows nothing.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+
+    use crate::backend::{Backend, Reply, ServerInfo};
+    use crate::config::Config;
+    use crate::hub::Hub;
+    use crate::shared::Shared;
+
+    struct NoBackend;
+
+    impl Backend for NoBackend {
+        fn snapshot(&self, _: Option<&str>) -> Option<serde_json::Value> {
+            None
+        }
+        fn get(&self, _: &str, _: &str, _: &ServerInfo<'_>) -> Option<Reply> {
+            None
+        }
+    }
+
+    /// A server's shared state over `hub`, and the sender that shuts it down.
+    pub(crate) fn shared(
+        hub: Arc<Hub>,
+        config: Config,
+    ) -> (Arc<Shared>, tokio::sync::watch::Sender<bool>) {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        (
+            Arc::new(Shared::new(hub, Arc::new(NoBackend), config, shutdown)),
+            stop,
+        )
+    }
+}

@@ -112,33 +112,17 @@ mod tests {
     use futures_util::stream;
 
     use super::*;
-    use crate::backend::{Backend, Reply, ServerInfo};
     use crate::config::Config;
+    use crate::connection::test_support;
     use crate::hub::{Filter, Hub};
 
-    struct NoBackend;
-    impl Backend for NoBackend {
-        fn snapshot(&self, _: Option<&str>) -> Option<serde_json::Value> {
-            None
-        }
-        fn get(&self, _: &str, _: &str, _: &ServerInfo<'_>) -> Option<Reply> {
-            None
-        }
-    }
-
-    fn shared(config: Config) -> Shared {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        Shared::new(
-            Arc::new(Hub::new(16)),
-            Arc::new(NoBackend),
-            config,
-            shutdown,
-        )
+    fn shared(config: Config) -> (Arc<Shared>, tokio::sync::watch::Sender<bool>) {
+        test_support::shared(Arc::new(Hub::new(16)), config)
     }
 
     /// Runs the reader over `messages` and returns what it asked the writer to send.
     async fn read(config: Config, messages: Vec<Result<Message, ReadError>>) -> Vec<Control> {
-        let shared = shared(config);
+        let (shared, _stop) = shared(config);
         let queue = Queue::new(8, Filter::default());
         let (tx, mut rx) = mpsc::channel(64);
         run(stream::iter(messages), &shared, &queue, tx).await;
@@ -201,7 +185,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn silence_past_the_idle_timeout_closes_with_4001() {
-        let shared = shared(Config::default().idle_timeout(Duration::from_secs(5)));
+        let (shared, _stop) = shared(Config::default().idle_timeout(Duration::from_secs(5)));
         let queue = Queue::new(8, Filter::default());
         let (tx, mut rx) = mpsc::channel(8);
         run(stream::pending(), &shared, &queue, tx).await;

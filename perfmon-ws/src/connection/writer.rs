@@ -213,20 +213,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::backend::{Backend, Reply, ServerInfo};
     use crate::config::Config;
+    use crate::connection::test_support;
     use crate::hub::{Filter, Hub, Priority};
     use crate::item;
-
-    struct NoBackend;
-    impl Backend for NoBackend {
-        fn snapshot(&self, _: Option<&str>) -> Option<serde_json::Value> {
-            None
-        }
-        fn get(&self, _: &str, _: &str, _: &ServerInfo<'_>) -> Option<Reply> {
-            None
-        }
-    }
 
     /// A sink that keeps every frame's text.
     fn recording() -> (
@@ -254,14 +244,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn first_messages_then_events_in_one_batch_then_going_away_on_shutdown() {
-        let (stop, shutdown) = watch::channel(false);
         let hub = Arc::new(Hub::new(64));
-        let shared = Arc::new(Shared::new(
+        let (shared, stop) = test_support::shared(
             Arc::clone(&hub),
-            Arc::new(NoBackend),
             Config::default().batch_window(Duration::from_millis(10)),
-            shutdown,
-        ));
+        );
         let queue = Arc::new(Queue::new(16, Filter::default()));
         let mut announcements = hub.announcements();
         announcements.mark_changed();
@@ -313,14 +300,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_sink_that_never_accepts_ends_the_writer_at_the_stall_limit() {
-        let (_stop, shutdown) = watch::channel(false);
         let hub = Arc::new(Hub::new(8));
-        let shared = Arc::new(Shared::new(
+        let (shared, _stop) = test_support::shared(
             Arc::clone(&hub),
-            Arc::new(NoBackend),
             Config::default().stall_limit(Duration::from_secs(3)),
-            shutdown,
-        ));
+        );
         let stuck = Box::pin(futures_util::sink::unfold((), |(), _msg: Message| async {
             std::future::pending::<Result<(), std::convert::Infallible>>().await
         }));

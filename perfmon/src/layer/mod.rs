@@ -72,13 +72,30 @@ struct PipelineData {
     error: Option<String>,
 }
 
-/// The nearest perfmon span around something: the agent run (if the
-/// nearest is one), its pipeline, and the run's slot in that pipeline.
-#[derive(Default)]
-struct Nearest {
-    agent: Option<Arc<str>>,
-    pipeline: Option<Arc<PipelineState>>,
-    slot: Option<u32>,
+/// The nearest perfmon span around something, as the walk found it.
+enum Nearest<'a> {
+    /// An agent run's state.
+    Agent(&'a AgentData),
+    /// A pipeline's state.
+    Pipeline(&'a PipelineData),
+}
+
+impl Nearest<'_> {
+    /// The pipeline, and the run's slot in it for runs nested in an agent.
+    fn pipeline_and_slot(&self) -> (Option<Arc<PipelineState>>, Option<u32>) {
+        match self {
+            Nearest::Agent(agent) => (agent.pipeline.clone(), agent.slot()),
+            Nearest::Pipeline(pipeline) => (Some(Arc::clone(&pipeline.state)), None),
+        }
+    }
+
+    /// The agent's name (if the nearest is an agent run) and the pipeline.
+    fn agent_and_pipeline(&self) -> (Option<Arc<str>>, Option<Arc<PipelineState>>) {
+        match self {
+            Nearest::Agent(agent) => (Some(Arc::clone(&agent.entry.name)), agent.pipeline.clone()),
+            Nearest::Pipeline(pipeline) => (None, Some(Arc::clone(&pipeline.state))),
+        }
+    }
 }
 
 /// Lets code holding a span (the guards) reach perfmon's state for it
@@ -139,24 +156,22 @@ where
         ext.get::<PipelineData>().map(|p| Arc::clone(&p.state))
     }
 
-    /// The one walk up the span tree: the first of `spans` (nearest first)
-    /// that is an agent run or a pipeline. One registry lookup per step.
-    fn nearest<'a>(spans: impl Iterator<Item = SpanRef<'a, S>>) -> Option<Nearest> {
-        for span in spans {
+    /// The one walk up the span tree: from `first` up through its
+    /// ancestors, to the first span that is an agent run or a pipeline;
+    /// `read` takes what it needs from it. One registry lookup per step
+    /// (`SpanRef::scope` would look `first` up a second time).
+    fn nearest<R>(first: Option<SpanRef<'_, S>>, read: impl FnOnce(Nearest<'_>) -> R) -> Option<R> {
+        let mut next = first;
+        while let Some(span) = next {
             let ext = span.extensions();
             if let Some(agent) = ext.get::<AgentData>() {
-                return Some(Nearest {
-                    agent: Some(Arc::clone(&agent.entry.name)),
-                    pipeline: agent.pipeline.clone(),
-                    slot: agent.slot(),
-                });
+                return Some(read(Nearest::Agent(agent)));
             }
             if let Some(pipeline) = ext.get::<PipelineData>() {
-                return Some(Nearest {
-                    pipeline: Some(Arc::clone(&pipeline.state)),
-                    ..Nearest::default()
-                });
+                return Some(read(Nearest::Pipeline(pipeline)));
             }
+            drop(ext);
+            next = span.parent();
         }
         None
     }
@@ -171,8 +186,8 @@ where
         attrs.record(&mut name);
         let entry = name.into_entry();
         let start = recorder.now();
-        let Nearest { pipeline, slot, .. } =
-            Self::nearest(span.scope().skip(1)).unwrap_or_default();
+        let (pipeline, slot) =
+            Self::nearest(span.parent(), |n| n.pipeline_and_slot()).unwrap_or_default();
         let ticket = match &pipeline {
             Some(p) => p.open_run(&entry.name, slot, start, recorder.system_time(start)),
             None => Ticket::Late,
@@ -331,11 +346,7 @@ where
         if !self.kind(span.metadata()).is_some_and(Kind::is_agent) {
             return;
         }
-        let Some(Nearest {
-            pipeline: Some(pipeline),
-            slot,
-            ..
-        }) = Self::nearest(cause.scope())
+        let Some((Some(pipeline), slot)) = Self::nearest(Some(cause), |n| n.pipeline_and_slot())
         else {
             return;
         };
@@ -398,11 +409,8 @@ where
         if kind.is_none() && !is_error {
             return;
         }
-        let Some(Nearest {
-            agent, pipeline, ..
-        }) = ctx
-            .event_span(event)
-            .and_then(|span| Self::nearest(span.scope()))
+        let Some((agent, pipeline)) =
+            Self::nearest(ctx.event_span(event), |n| n.agent_and_pipeline())
         else {
             return;
         };

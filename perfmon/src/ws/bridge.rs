@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use perfmon_ws::{Hub, Priority, StatsSnapshot};
 
 use super::SidecarError;
+use super::exposition::sidecar_series;
 use crate::events::{Event, EventKind};
 use crate::exporter::Exporter;
 use crate::metrics;
@@ -87,16 +88,10 @@ fn priority(event: &Event) -> Priority {
 }
 
 fn export_stats(s: &StatsSnapshot) {
-    ::metrics::gauge!(metrics::WS_CONNECTIONS_ACTIVE).set(s.connections_active as f64);
-    for (name, value) in [
-        (metrics::WS_CONNECTIONS_TOTAL, s.connections_total),
-        (metrics::WS_MESSAGES_OUT, s.messages_out),
-        (metrics::WS_BYTES_OUT, s.bytes_out),
-        (metrics::WS_MESSAGES_IN, s.messages_in),
-        (metrics::WS_DROPPED, s.dropped),
-        (metrics::WS_RATE_LIMITED, s.rate_limited),
-        (metrics::WS_ERRORS, s.errors),
-    ] {
-        metrics::set_total(name, value);
+    for (name, value) in sidecar_series(s) {
+        match metrics::family_of(name).map(|f| f.kind) {
+            Some(metrics::Kind::Gauge) => ::metrics::gauge!(name).set(value as f64),
+            _ => metrics::set_total(name, value),
+        }
     }
 }

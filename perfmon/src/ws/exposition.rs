@@ -69,7 +69,16 @@ pub(super) fn render(monitor: &Monitor, ws: &StatsSnapshot) -> String {
             write_family(&mut out, name, &sample(name, &[], value));
         }
     }
-    for (name, value) in [
+    for (name, value) in sidecar_series(ws) {
+        write_family(&mut out, name, &sample(name, &[], value as f64));
+    }
+    out
+}
+
+/// The sidecar's own series, by metric name: rendered here, and mirrored
+/// into the `metrics` facade by the bridge.
+pub(super) fn sidecar_series(ws: &StatsSnapshot) -> [(&'static str, u64); 8] {
+    [
         (metrics::WS_CONNECTIONS_ACTIVE, ws.connections_active),
         (metrics::WS_CONNECTIONS_TOTAL, ws.connections_total),
         (metrics::WS_MESSAGES_OUT, ws.messages_out),
@@ -78,10 +87,7 @@ pub(super) fn render(monitor: &Monitor, ws: &StatsSnapshot) -> String {
         (metrics::WS_DROPPED, ws.dropped),
         (metrics::WS_RATE_LIMITED, ws.rate_limited),
         (metrics::WS_ERRORS, ws.errors),
-    ] {
-        write_family(&mut out, name, &sample(name, &[], value as f64));
-    }
-    out
+    ]
 }
 
 /// `# HELP` and `# TYPE` of the family `name`, then its `samples`; nothing
