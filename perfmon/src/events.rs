@@ -17,7 +17,7 @@
 //! subscription ends (`recv` returns `None`) once it has read the rest.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 use crate::metrics;
 use crate::outcome::Outcome;
 use crate::record::{PipelineReport, ser};
+use crate::sync::lock;
 
 /// One thing that happened, as streamed to subscribers and over the wire.
 ///
@@ -166,10 +167,6 @@ const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 /// Set in `listeners` once the bus is closed: `is_active` is then false
 /// whatever the count, with one load on the hot path.
 const CLOSED: usize = 1 << (usize::BITS - 1);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The hot-path side of the stream.
 #[derive(Debug)]

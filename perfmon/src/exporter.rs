@@ -8,11 +8,12 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::events::{Bus, Event, Subscription, TryRecv};
+use crate::sync::lock;
 
 /// Events handed to [`Exporter::export`] at most at once.
 pub const EXPORT_BATCH_MAX: usize = 256;
@@ -90,10 +91,6 @@ struct State {
     /// The last request answered.
     flushed: u64,
     exited: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Control {

@@ -116,7 +116,7 @@
 
 // Dependency order, bottom to top (no two modules import each other; see
 // README's Architecture section):
-//   outcome, fields → record, analysis, stats, pipeline, metrics, events
+//   outcome, fields, sync → record, analysis, stats, pipeline, metrics, events
 //   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws
 mod analysis;
 mod builder;
@@ -135,6 +135,7 @@ mod recorder;
 #[cfg(feature = "process")]
 mod sampler;
 mod stats;
+mod sync;
 #[cfg(feature = "ws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
 pub mod ws;

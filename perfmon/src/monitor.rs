@@ -18,10 +18,11 @@ use crate::exporter::{self, Control, Exporter, ExporterHandle};
 use crate::guard::{PipelineGuard, TrackedPipeline};
 use crate::layer::PerfmonLayer;
 use crate::record::{Bottleneck, PipelineReport, PipelineSnapshot};
-use crate::recorder::{Recorder, lock};
+use crate::recorder::Recorder;
 #[cfg(feature = "process")]
 use crate::sampler::Sampler;
 use crate::stats::{AgentStats, Overview, ProcessSample};
+use crate::sync::lock;
 
 /// How long dropping the last monitor waits for each exporter to finish.
 const EXPORTER_GRACE: Duration = Duration::from_secs(2);
@@ -240,9 +241,8 @@ impl Monitor {
     /// Up to `n` finished pipelines, newest first.
     pub fn recent_pipelines(&self, n: usize) -> Vec<PipelineReport> {
         self.recorder()
-            .recent()
+            .recent(n)
             .iter()
-            .take(n)
             .map(|r| PipelineReport::clone(r))
             .collect()
     }
@@ -333,7 +333,7 @@ impl Monitor {
     /// Fleet-wide bottlenecks: agents whose summed wall time across the kept
     /// recent pipelines exceeds the threshold × those pipelines' summed wall time.
     pub fn fleet_bottlenecks(&self) -> Vec<Bottleneck> {
-        let recent = self.recorder().recent();
+        let recent = self.recorder().recent(usize::MAX);
         let mut per_agent: HashMap<&str, Duration> = HashMap::new();
         let mut wall = Duration::ZERO;
         for report in &recent {

@@ -1,6 +1,6 @@
 //! The state of one pipeline while it runs, and the report it becomes.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
@@ -8,6 +8,7 @@ use rustc_hash::FxHashMap;
 use crate::analysis;
 use crate::outcome::Outcome;
 use crate::record::{AgentRun, AggregatedRuns, PipelineReport, PipelineSnapshot, Progress};
+use crate::sync::lock;
 
 /// Where an agent run is kept in its pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +143,7 @@ impl PipelineState {
     fn lock(&self) -> MutexGuard<'_, Record> {
         // A panic while holding this lock cannot leave the record half
         // updated in a way that matters for reporting; keep going.
-        self.record.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.record)
     }
 
     /// Registers a run that just opened.

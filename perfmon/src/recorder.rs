@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::events::{Bus, EventKind};
@@ -27,6 +27,7 @@ use crate::outcome::Outcome;
 use crate::pipeline::PipelineState;
 use crate::record::PipelineReport;
 use crate::stats::{AgentTable, Counters, OutcomeCell, ProcessSample};
+use crate::sync::lock;
 
 /// Settings the recorder reads on the hot path.
 #[derive(Debug, Clone)]
@@ -54,12 +55,6 @@ pub(crate) struct Recorder {
     last_sample: Mutex<Option<ProcessSample>>,
     /// Finished pipelines' durations by outcome (one update per pipeline).
     pipeline_durations: Mutex<[OutcomeCell; 4]>,
-}
-
-/// Locks `m`, recovering from poisoning: recording keeps its state
-/// consistent across panics, so a panic elsewhere never stops it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Recorder {
@@ -204,9 +199,9 @@ impl Recorder {
         lock(&self.active).get(&run).cloned()
     }
 
-    /// Finished reports still kept, newest first.
-    pub(crate) fn recent(&self) -> Vec<Arc<PipelineReport>> {
-        lock(&self.recent).iter().cloned().collect()
+    /// Up to `n` finished reports still kept, newest first.
+    pub(crate) fn recent(&self, n: usize) -> Vec<Arc<PipelineReport>> {
+        lock(&self.recent).iter().take(n).cloned().collect()
     }
 
     /// The newest kept report that `pred` accepts.

@@ -7,7 +7,7 @@
 //! agents never contend, and no lock is shared by all spans.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::metrics::AgentMetrics;
 use crate::outcome::Outcome;
 use crate::record::ser;
+use crate::sync::lock;
 
 /// Durations above this are clamped in the histogram (min, max, mean and
 /// total stay exact).
@@ -235,7 +236,7 @@ impl AgentEntry {
         self.running.fetch_sub(1, Ordering::Relaxed);
         let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         {
-            let mut cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut cell = lock(&self.cell);
             cell.runs += 1;
             cell.failures += u64::from(outcome.is_failure());
             cell.total_ns += u128::from(ns);
@@ -248,22 +249,18 @@ impl AgentEntry {
 
     /// (runs, failures) so far.
     pub(crate) fn counts(&self) -> (u64, u64) {
-        let cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
+        let cell = lock(&self.cell);
         (cell.runs, cell.failures)
     }
 
     /// Per-outcome runs, totals and histograms (a copy, for `/metrics`).
     #[cfg_attr(not(feature = "ws"), allow(dead_code))]
     pub(crate) fn by_outcome(&self) -> [OutcomeCell; 4] {
-        self.cell
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .by_outcome
-            .clone()
+        lock(&self.cell).by_outcome.clone()
     }
 
     pub(crate) fn stats(&self) -> AgentStats {
-        let cell = self.cell.lock().unwrap_or_else(PoisonError::into_inner);
+        let cell = lock(&self.cell);
         let runs = cell.runs;
         let mut merged = cell.by_outcome[0].histogram.clone();
         for other in &cell.by_outcome[1..] {
@@ -346,7 +343,7 @@ impl AgentTable {
         if let Some(entry) = self.map.load().get(name) {
             return Arc::clone(entry);
         }
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _writer = lock(&self.writer);
         let current = self.map.load_full();
         if let Some(entry) = current.get(name) {
             return Arc::clone(entry);
