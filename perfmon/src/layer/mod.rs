@@ -176,6 +176,24 @@ where
         None
     }
 
+    /// Runs `f` on the busy-time state of the async agent span `id`, with
+    /// the recorder (for its clock). Returns at once, before any lookup, while no busy-tracked
+    /// agent is open.
+    #[inline]
+    fn with_busy(&self, id: &Id, ctx: &Context<'_, S>, f: impl FnOnce(&mut Busy, &Recorder)) {
+        if self.busy_open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        if self.kind(span.metadata()) != Some(Kind::Agent) {
+            return;
+        }
+        let mut ext = span.extensions_mut();
+        if let Some(busy) = ext.get_mut::<AgentData>().and_then(|d| d.busy.as_mut()) {
+            f(busy, &self.recorder);
+        }
+    }
+
     fn kind(&self, meta: &'static Metadata<'static>) -> Option<Kind> {
         self.callsites.get(meta)
     }
@@ -366,40 +384,24 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        if self.busy_open.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let Some(span) = ctx.span(id) else { return };
-        if self.kind(span.metadata()) != Some(Kind::Agent) {
-            return;
-        }
-        let mut ext = span.extensions_mut();
-        if let Some(busy) = ext.get_mut::<AgentData>().and_then(|d| d.busy.as_mut()) {
+        self.with_busy(id, &ctx, |busy, recorder| {
             if busy.depth == 0 {
-                busy.entered_at = Some(self.recorder.now());
+                busy.entered_at = Some(recorder.now());
             }
             busy.depth += 1;
             busy.entered = true;
-        }
+        });
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        if self.busy_open.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let Some(span) = ctx.span(id) else { return };
-        if self.kind(span.metadata()) != Some(Kind::Agent) {
-            return;
-        }
-        let mut ext = span.extensions_mut();
-        if let Some(busy) = ext.get_mut::<AgentData>().and_then(|d| d.busy.as_mut()) {
+        self.with_busy(id, &ctx, |busy, recorder| {
             busy.depth = busy.depth.saturating_sub(1);
             if busy.depth == 0
                 && let Some(at) = busy.entered_at.take()
             {
-                busy.total += self.recorder.now().saturating_duration_since(at);
+                busy.total += recorder.now().saturating_duration_since(at);
             }
-        }
+        });
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
