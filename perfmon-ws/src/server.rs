@@ -38,6 +38,7 @@ pub enum Error {
 pub struct Server {
     addr: SocketAddr,
     hub: Arc<Hub>,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -80,6 +81,7 @@ impl Server {
         Ok(Server {
             addr,
             hub,
+            shared,
             stop,
             task,
         })
@@ -96,9 +98,13 @@ impl Server {
     }
 
     /// Closes every connection with 1001 (going away) and stops listening.
-    /// Waits up to `grace` for the listener task to end.
+    /// Returns once every connection's close frame is written (or its
+    /// writer gave up), or after `grace`, whichever comes first: a program
+    /// that exits right after this has told its clients to resume.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(grace, self.task).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = tokio::time::timeout_at(deadline, self.task).await;
+        let _ = tokio::time::timeout_at(deadline, self.shared.all_closed()).await;
     }
 }

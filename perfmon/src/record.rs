@@ -149,6 +149,13 @@ impl fmt::Display for PipelineReport {
                 agg.agent, agg.runs, agg.total
             )?;
         }
+        if !self.unfinished.is_empty() {
+            writeln!(
+                f,
+                "  STILL RUNNING when it ended (not timed above): {}",
+                self.unfinished.join(", ")
+            )?;
+        }
         if self.bottlenecks.is_empty() {
             writeln!(f, "  bottlenecks: none")?;
         }

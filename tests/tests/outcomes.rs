@@ -295,6 +295,11 @@ fn an_agent_that_outlives_its_pipeline_counts_in_stats_only() {
     let late = tracing::info_span!(parent: pipeline.span(), "late", perfmon.agent = "straggler");
     let report = pipeline.finish();
     assert_eq!(report.unfinished, ["straggler"]);
+    let printed = report.to_string();
+    assert!(
+        printed.contains("STILL RUNNING when it ended (not timed above): straggler"),
+        "the printed report shows what was still running:\n{printed}"
+    );
     drop(late);
     assert_eq!(monitor.agent_stats("straggler").map(|s| s.runs), Some(1));
     assert!(
@@ -345,6 +350,12 @@ fn agent_names_beyond_the_cap_share_one_entry() {
 
 #[test]
 fn without_a_layer_guards_record_nothing_and_still_report_time() {
+    // A subscriber without perfmon's layer, rather than none at all: a
+    // callsite first registered while no dispatcher is alive is cached as
+    // `never`, and tracing-core can miss the rebuild that another test's
+    // `set_default` does at the same moment, which disables that callsite
+    // for every test in this binary.
+    let _g = tracing::subscriber::set_default(tracing_subscriber::registry());
     let monitor = Monitor::new();
     let pipeline = monitor.start_pipeline("unrecorded");
     drop(perfmon::agent("nobody-listens"));

@@ -372,3 +372,85 @@ async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
         );
     }
 }
+
+/// Connects from a thread of its own, says when the welcome arrived, then
+/// returns the close code the server sent (`None`: the connection just ended).
+fn client_until_close(
+    addr: std::net::SocketAddr,
+    connected: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<Option<u16>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+                .await
+                .unwrap();
+            let welcome = ws.next().await.unwrap().unwrap();
+            assert!(welcome.to_text().unwrap().contains("welcome"));
+            connected.send(()).unwrap();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                    Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(_)) | None) | Err(_) => return None,
+                }
+            }
+        })
+    })
+}
+
+/// What `#[tokio::main]` does: the runtime ends as soon as `main` returns.
+#[test]
+fn clients_get_1001_when_main_returns_right_after_shutdown() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (connected_tx, connected) = std::sync::mpsc::channel();
+    let client = runtime.block_on(async {
+        let sidecar = Sidecar::builder()
+            .bind("127.0.0.1:0")
+            .serve(&monitor)
+            .unwrap();
+        let client = client_until_close(sidecar.local_addr(), connected_tx);
+        tokio::task::block_in_place(|| connected.recv_timeout(Duration::from_secs(10)).unwrap());
+        sidecar.shutdown();
+        client
+    });
+    drop(runtime);
+    assert_eq!(
+        client.join().unwrap(),
+        Some(1001),
+        "going away, resume with ?since="
+    );
+}
+
+/// On a current-thread runtime, `close().await` is the form that waits.
+#[test]
+fn close_awaits_the_close_frames_on_a_current_thread_runtime() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (connected_tx, connected) = std::sync::mpsc::channel();
+    let client = runtime.block_on(async {
+        let sidecar = Sidecar::builder()
+            .bind("127.0.0.1:0")
+            .serve(&monitor)
+            .unwrap();
+        let client = client_until_close(sidecar.local_addr(), connected_tx);
+        while connected.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sidecar.close().await;
+        client
+    });
+    drop(runtime);
+    assert_eq!(client.join().unwrap(), Some(1001));
+}

@@ -38,6 +38,7 @@ pub(crate) async fn serve(
     since: Option<u64>,
     compressed: bool,
 ) {
+    let _open = shared.open_connection();
     let stats = Arc::clone(&shared.hub.stats);
     stats.connection_opened();
     let filter = Filter {

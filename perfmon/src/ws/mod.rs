@@ -115,6 +115,8 @@ enum Stop {
     /// Running on its own thread.
     Thread {
         stop: tokio::sync::oneshot::Sender<()>,
+        /// Fires when the server has shut down and the thread is ending.
+        done: tokio::sync::oneshot::Receiver<()>,
         thread: std::thread::JoinHandle<()>,
     },
 }
@@ -138,9 +140,16 @@ impl Sidecar {
         format!("http://{}/", self.addr)
     }
 
-    /// Closes every connection with code 1001 and stops. On its own thread,
-    /// waits for it (up to a few seconds) and joins it; on the caller's
-    /// runtime, returns at once while the shutdown completes there.
+    /// Closes every connection with code 1001 and stops, waiting (up to
+    /// about 2 s) until the close frames are written, so a program that
+    /// exits right after it has told every client to resume:
+    ///
+    /// - on the sidecar's own thread: waits, and joins the thread;
+    /// - on a multi-thread tokio runtime (`#[tokio::main]`): waits without
+    ///   stalling the runtime's other tasks (`block_in_place`);
+    /// - on a current-thread runtime it cannot wait without stopping the
+    ///   very tasks that write the frames, so it returns at once: use
+    ///   [`Sidecar::close`]`.await` there.
     ///
     /// The event bridge that fills the replay ring belongs to the monitor,
     /// not to the sidecar: a sidecar started again on the same monitor
@@ -149,17 +158,52 @@ impl Sidecar {
         self.stop_now();
     }
 
+    /// Like [`shutdown`](Sidecar::shutdown), awaited: returns once every
+    /// close frame is written (up to about 2 s), on any runtime.
+    pub async fn close(mut self) {
+        match self.stop.take() {
+            Some(Stop::Runtime { server, .. }) => server.shutdown(SHUTDOWN_GRACE).await,
+            Some(Stop::Thread { stop, done, thread }) => {
+                let _ = stop.send(());
+                let _ = done.await;
+                // The thread has nothing left to do but return.
+                let _ = thread.join();
+            }
+            None => {}
+        }
+    }
+
     fn stop_now(&mut self) {
         match self.stop.take() {
-            Some(Stop::Runtime { server, handle }) => {
-                handle.spawn(server.shutdown(SHUTDOWN_GRACE));
-            }
-            Some(Stop::Thread { stop, thread }) => {
+            Some(Stop::Runtime { server, handle }) => shutdown_on(&handle, server),
+            Some(Stop::Thread { stop, thread, .. }) => {
                 let _ = stop.send(());
                 let _ = thread.join();
             }
             None => {}
         }
+    }
+}
+
+/// Shuts `server` down on `handle`'s runtime, and waits for it where
+/// waiting cannot stall that runtime (see [`Sidecar::shutdown`]).
+fn shutdown_on(handle: &tokio::runtime::Handle, server: Server) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    handle.spawn(async move {
+        server.shutdown(SHUTDOWN_GRACE).await;
+        let _ = done_tx.send(());
+    });
+    // A little past the server's own grace: it is bounded by it.
+    let wait = || {
+        let _ = done_rx.recv_timeout(SHUTDOWN_GRACE + Duration::from_millis(500));
+    };
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        // Not inside a runtime: blocking this thread stalls nothing.
+        Err(_) => wait(),
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        // A current-thread runtime runs the shutdown only once this returns.
+        Ok(_) => {}
     }
 }
 
@@ -247,10 +291,10 @@ impl SidecarBuilder {
                 stop: Some(Stop::Runtime { server, handle }),
             });
         }
-        let (stop, thread) = serve_on_own_thread(listener, config, backend, hub)?;
+        let stop = serve_on_own_thread(listener, config, backend, hub)?;
         Ok(Sidecar {
             addr: local,
-            stop: Some(Stop::Thread { stop, thread }),
+            stop: Some(stop),
         })
     }
 }
@@ -262,14 +306,9 @@ fn serve_on_own_thread(
     config: Config,
     backend: Arc<dyn Backend>,
     hub: Arc<perfmon_ws::Hub>,
-) -> Result<
-    (
-        tokio::sync::oneshot::Sender<()>,
-        std::thread::JoinHandle<()>,
-    ),
-    SidecarError,
-> {
+) -> Result<Stop, SidecarError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), SidecarError>>();
     let thread = std::thread::Builder::new()
         .name("perfmon-sidecar".into())
@@ -298,11 +337,16 @@ fn serve_on_own_thread(
                 let _ = ready_tx.send(Ok(()));
                 let _ = stop_rx.await;
                 server.shutdown(SHUTDOWN_GRACE).await;
+                let _ = done_tx.send(());
             });
         })
         .map_err(SidecarError::Thread)?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok((stop_tx, thread)),
+        Ok(Ok(())) => Ok(Stop::Thread {
+            stop: stop_tx,
+            done: done_rx,
+            thread,
+        }),
         Ok(Err(err)) => {
             let _ = thread.join();
             Err(err)
