@@ -184,7 +184,7 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
     let span_ident = format_ident!("__perfmon_span");
     let make_span = quote! {
         let #span_ident = ::perfmon::__private::tracing::span!(
-            target: ::core::module_path!(),
+            target: "perfmon",
             ::perfmon::__private::tracing::Level::INFO,
             #span_name,
             #fields

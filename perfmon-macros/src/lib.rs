@@ -23,7 +23,7 @@
 //! ```text
 //! fn geometry(cells: u32) -> Result<Mesh, MeshError> {
 //!     let __perfmon_span = ::perfmon::__private::tracing::span!(
-//!         target: module_path!(), Level::INFO, "geometry",
+//!         target: "perfmon", Level::INFO, "geometry",
 //!         perfmon.agent = "geo", perfmon.outcome = Empty, perfmon.error = Empty, perfmon.sync = Empty,
 //!     );
 //!     let __perfmon_scope = ::perfmon::__private::SyncScope::enter(__perfmon_span, false);
@@ -66,6 +66,22 @@
 //!
 //! All generated paths are absolute (`::perfmon::__private::...`): the user's
 //! crate needs no `tracing` dependency and no imports.
+//!
+//! # Target, and when the span is made
+//!
+//! The spans have target `perfmon` (the span's module path is still yours),
+//! so one filter directive, `perfmon=info`, enables every span perfmon
+//! makes, whatever module the function is in.
+//!
+//! The span of an `async fn` is made when the future is first polled, as
+//! with `#[tracing::instrument]`: the signature stays `async fn`, so the
+//! attribute cannot run code at the call. Its parent is the span current
+//! at that first poll. `tokio::spawn(physics(x))` polls it in a new task
+//! where no span is current, so the run lands outside its pipeline (perfmon
+//! counts such runs in `Overview::runs_outside_pipeline` and warns once);
+//! `tokio::spawn(physics(x).in_current_span())` keeps it inside.
+//! `perfmon::TrackAgentExt::track_agent` on a future makes the span at the
+//! call instead, so `tokio::spawn(work().track_agent("physics"))` needs nothing more.
 
 use proc_macro::TokenStream;
 use syn::parse::Parser;

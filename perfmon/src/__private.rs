@@ -48,6 +48,7 @@ impl SyncScope {
     /// Enters `span`.
     #[inline]
     pub fn enter(span: Span, ends_pipeline: bool) -> Self {
+        crate::unseen::check(&span);
         SyncScope {
             span: span.entered(),
             ends_pipeline,

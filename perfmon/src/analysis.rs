@@ -3,15 +3,24 @@
 
 use std::time::Duration;
 
-use crate::record::{AgentRun, Bottleneck};
+use crate::record::{AgentRun, Bottleneck, BottleneckBasis};
 
-/// Every agent whose summed wall time exceeds `threshold × pipeline`, largest
-/// share first. `totals` holds each agent's summed wall time over all its
-/// finished runs in the pipeline (stored and aggregated).
+/// When an agent is a bottleneck: its share of the pipeline's time, on
+/// `basis`, above `threshold`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rule {
+    pub(crate) threshold: f64,
+    pub(crate) basis: BottleneckBasis,
+}
+
+/// Every agent whose summed time on the rule's basis exceeds `threshold ×
+/// pipeline`, largest judged share first. `totals` holds each agent's summed
+/// wall time and self time over all its finished runs in the pipeline
+/// (stored and aggregated).
 pub(crate) fn bottlenecks<'a>(
-    totals: impl IntoIterator<Item = (&'a str, Duration)>,
+    totals: impl IntoIterator<Item = (&'a str, Duration, Duration)>,
     pipeline: Duration,
-    threshold: f64,
+    rule: Rule,
 ) -> Vec<Bottleneck> {
     let wall = pipeline.as_secs_f64();
     if wall <= 0.0 {
@@ -19,18 +28,21 @@ pub(crate) fn bottlenecks<'a>(
     }
     let mut flagged: Vec<Bottleneck> = totals
         .into_iter()
-        .filter_map(|(agent, duration)| {
-            let share = duration.as_secs_f64() / wall;
-            (share > threshold).then(|| Bottleneck {
+        .filter_map(|(agent, duration, self_time)| {
+            let b = Bottleneck {
                 agent: agent.to_owned(),
                 duration,
-                share,
-            })
+                share: duration.as_secs_f64() / wall,
+                self_time,
+                self_share: self_time.as_secs_f64() / wall,
+                basis: rule.basis,
+            };
+            (b.judged_share() > rule.threshold).then_some(b)
         })
         .collect();
     flagged.sort_by(|a, b| {
-        b.share
-            .total_cmp(&a.share)
+        b.judged_share()
+            .total_cmp(&a.judged_share())
             .then_with(|| a.agent.cmp(&b.agent))
     });
     flagged
@@ -131,6 +143,7 @@ mod tests {
             pipeline: "p".into(),
             started_at: SystemTime::UNIX_EPOCH,
             duration: Duration::from_millis(dur_ms),
+            self_time: Duration::from_millis(dur_ms),
             busy: None,
             outcome: Outcome::Succeeded,
             offset: Duration::from_millis(start_ms),
@@ -185,22 +198,46 @@ mod tests {
         assert_eq!(path.len(), 2);
     }
 
+    const SELF: Rule = Rule {
+        threshold: 0.30,
+        basis: BottleneckBasis::SelfTime,
+    };
+
     #[test]
     fn threshold_is_strict() {
         let pipeline = Duration::from_millis(100);
+        let ms = Duration::from_millis;
         let got = bottlenecks(
-            [
-                ("a", Duration::from_millis(50)),
-                ("b", Duration::from_millis(29)),
-            ],
+            [("a", ms(50), ms(50)), ("b", ms(29), ms(29))],
             pipeline,
-            0.30,
+            SELF,
         );
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].agent, "a");
         assert!((got[0].share - 0.5).abs() < 1e-12);
-        let exactly = bottlenecks([("a", Duration::from_millis(30))], pipeline, 0.30);
+        let exactly = bottlenecks([("a", ms(30), ms(30))], pipeline, SELF);
         assert!(exactly.is_empty(), "30% is not more than 30%");
+    }
+
+    #[test]
+    fn the_basis_decides_which_share_is_judged() {
+        let ms = Duration::from_millis;
+        // A parent that spent 90 ms around a child that took 80 of them.
+        let totals = [("parent", ms(90), ms(10)), ("child", ms(80), ms(80))];
+        let on_self = bottlenecks(totals, ms(100), SELF);
+        assert_eq!(on_self.len(), 1);
+        assert_eq!(on_self[0].agent, "child");
+        let wall = Rule {
+            basis: BottleneckBasis::Wall,
+            ..SELF
+        };
+        let on_wall = bottlenecks(totals, ms(100), wall);
+        let names: Vec<_> = on_wall.iter().map(|b| b.agent.as_str()).collect();
+        assert_eq!(names, ["parent", "child"]);
+        assert!(
+            (on_wall[0].self_share - 0.1).abs() < 1e-12,
+            "self share still shown"
+        );
     }
 }
 
@@ -222,6 +259,7 @@ mod properties {
                 pipeline: "p".into(),
                 started_at: SystemTime::UNIX_EPOCH,
                 duration: Duration::from_micros(len),
+                self_time: Duration::from_micros(len),
                 busy: None,
                 outcome: Outcome::Succeeded,
                 offset: Duration::from_micros(start),
@@ -281,7 +319,8 @@ mod properties {
             let pipeline = Duration::from_millis(1_000);
             let named: Vec<(String, Duration)> =
                 totals.iter().enumerate().map(|(i, &ms)| (format!("a{i}"), Duration::from_millis(ms))).collect();
-            let flagged = bottlenecks(named.iter().map(|(a, d)| (a.as_str(), *d)), pipeline, threshold);
+            let rule = Rule { threshold, basis: BottleneckBasis::SelfTime };
+            let flagged = bottlenecks(named.iter().map(|(a, d)| (a.as_str(), *d, *d)), pipeline, rule);
             for (agent, d) in &named {
                 let share = d.as_secs_f64() / pipeline.as_secs_f64();
                 let hit = flagged.iter().any(|b| &b.agent == agent);

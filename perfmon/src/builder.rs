@@ -8,9 +8,11 @@ use std::sync::Arc;
 #[cfg(feature = "process")]
 use std::time::Duration;
 
+use crate::analysis::Rule;
 use crate::clock::MockClock;
 use crate::events::Bus;
 use crate::monitor::Monitor;
+use crate::record::BottleneckBasis;
 use crate::recorder::{Recorder, RecorderConfig};
 use crate::stats::AgentTable;
 
@@ -53,7 +55,10 @@ impl Default for MonitorBuilder {
     fn default() -> Self {
         MonitorBuilder {
             config: RecorderConfig {
-                threshold: DEFAULT_BOTTLENECK_THRESHOLD,
+                rule: Rule {
+                    threshold: DEFAULT_BOTTLENECK_THRESHOLD,
+                    basis: BottleneckBasis::SelfTime,
+                },
                 recent_capacity: 1_000,
                 max_runs_per_pipeline: 10_000,
                 metrics: true,
@@ -70,7 +75,8 @@ impl Default for MonitorBuilder {
 
 impl MonitorBuilder {
     /// Share of a pipeline's wall time above which an agent is a bottleneck.
-    /// Default 0.30.
+    /// Default 0.30. The share is of the agent's self time unless
+    /// [`bottleneck_basis`](Self::bottleneck_basis) says otherwise.
     ///
     /// # Panics
     ///
@@ -81,7 +87,16 @@ impl MonitorBuilder {
             share > 0.0 && share <= 1.0,
             "bottleneck_threshold must be in (0, 1] (a share of the pipeline's time), got {share}"
         );
-        self.config.threshold = share;
+        self.config.rule.threshold = share;
+        self
+    }
+
+    /// Which time makes an agent a bottleneck: its self time (the default;
+    /// a parent is not flagged for time its nested agents took) or its wall
+    /// time, nested runs included. Both shares are in every
+    /// [`Bottleneck`](crate::Bottleneck) either way.
+    pub fn bottleneck_basis(mut self, basis: BottleneckBasis) -> Self {
+        self.config.rule.basis = basis;
         self
     }
 

@@ -120,6 +120,9 @@ pub enum EventKind {
         /// Wall time.
         #[serde(rename = "duration_ms", serialize_with = "ser::ms")]
         duration: Duration,
+        /// Wall time minus the time covered by the runs nested in it.
+        #[serde(rename = "self_time_ms", serialize_with = "ser::ms")]
+        self_time: Duration,
         /// Busy (polled) time, for futures.
         #[serde(rename = "busy_ms", serialize_with = "ser::opt_ms")]
         busy: Option<Duration>,

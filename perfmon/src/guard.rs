@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,6 +29,7 @@ use crate::outcome::Outcome;
 use crate::pipeline::PipelineState;
 use crate::record::PipelineReport;
 use crate::recorder::Recorder;
+use crate::unseen;
 
 /// The outcome of something dropped before it completed: `panicked` while
 /// the thread unwinds, else `otherwise`.
@@ -89,9 +91,11 @@ pub fn agent(name: &str) -> AgentGuard {
         perfmon.outcome = Empty,
         perfmon.error = Empty,
     );
+    unseen::check(&span);
     AgentGuard {
         span: span.entered(),
         done: false,
+        _not_send: PhantomData,
     }
 }
 
@@ -100,7 +104,19 @@ pub fn agent(name: &str) -> AgentGuard {
 pub struct AgentGuard {
     span: EnteredSpan,
     done: bool,
+    _not_send: NotSend,
 }
+
+/// Makes the guards `!Send` with a type name that says what to do:
+/// holding a guard across `.await` in a future that must be `Send`
+/// (`tokio::spawn`) fails with "the trait `Send` is not implemented for
+/// `*const (dyn UseTrackAgentOrTrackPipelineForFuturesNotAGuardAcrossAwait ...)`",
+/// where rustc would otherwise name only an internal pointer. (The guard's
+/// entered span is `!Send` already; this only names the reason.)
+type NotSend = PhantomData<*const dyn UseTrackAgentOrTrackPipelineForFuturesNotAGuardAcrossAwait>;
+
+/// Never implemented: its name is the hint rustc prints (see [`NotSend`]).
+trait UseTrackAgentOrTrackPipelineForFuturesNotAGuardAcrossAwait {}
 
 impl fmt::Debug for AgentGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,6 +172,7 @@ pub struct PipelineGuard {
     span: EnteredSpan,
     recorder: PipelineRecorder,
     done: bool,
+    _not_send: NotSend,
 }
 
 impl fmt::Debug for PipelineGuard {
@@ -187,6 +204,7 @@ impl PipelineRecorder {
             perfmon.outcome = Empty,
             perfmon.error = Empty,
         );
+        unseen::check(&span);
         let state = span
             .with_subscriber(|(id, dispatch)| WithPipeline::lookup(dispatch, id))
             .flatten();
@@ -241,6 +259,7 @@ impl PipelineGuard {
             span: span.entered(),
             recorder,
             done: false,
+            _not_send: PhantomData,
         }
     }
 
@@ -471,6 +490,7 @@ impl<F: Future> TrackedAgent<F> {
         error_of: fn(&F::Output) -> Option<String>,
         ends_pipeline: bool,
     ) -> Self {
+        unseen::check(&span);
         TrackedAgent {
             inner: Some(inner),
             span,

@@ -89,9 +89,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Spans are at level `INFO` with target `perfmon` (guards) or your module
-//! (`#[instrument]`): a global filter that disables them disables perfmon.
-//! Put such filters on your other layers (`layer.with_filter(...)`).
+//! Every span and event perfmon makes (guards, futures, the macros,
+//! `progress!`, `thought!`) is at level `INFO` with target `perfmon` or
+//! `perfmon::…`: the directive [`FILTER_DIRECTIVE`] (`perfmon=info`)
+//! enables them all. A global filter that disables them switches perfmon
+//! off for them; perfmon then says so once through a `WARN` event (target
+//! `perfmon`) and counts them in [`Overview::spans_filtered`]. Better, put
+//! the filter on your log layer only (`fmt::layer().with_filter(filter)`).
+//! Spans you make yourself with `#[tracing::instrument(fields(perfmon.agent = ..))]`
+//! keep your module as target: enable them in your filter too.
 //!
 //! # Cost
 //!
@@ -121,6 +127,7 @@
 mod analysis;
 mod builder;
 mod clock;
+mod coverage;
 mod events;
 mod exporter;
 mod fields;
@@ -136,6 +143,7 @@ mod recorder;
 mod sampler;
 mod stats;
 mod sync;
+mod unseen;
 #[cfg(feature = "ws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
 pub mod ws;
@@ -156,9 +164,11 @@ pub use outcome::{Outcome, UnknownOutcome};
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use perfmon_macros::{track_agent, track_pipeline};
 pub use record::{
-    AgentRun, AggregatedRuns, Bottleneck, PipelineReport, PipelineSnapshot, Progress,
+    AgentRun, AggregatedRuns, Bottleneck, BottleneckBasis, PipelineReport, PipelineSnapshot,
+    Progress,
 };
 pub use stats::{AgentStats, OutcomeCounts, Overview, ProcessSample};
+pub use unseen::FILTER_DIRECTIVE;
 
 /// Errors from perfmon's setup calls. Recording itself never fails.
 #[derive(Debug, thiserror::Error)]

@@ -217,6 +217,8 @@ impl Monitor {
             events_dropped: recorder.bus.dropped(),
             thread_failures: c.thread_failures.load(Ordering::Relaxed)
                 + recorder.bus.thread_failures(),
+            spans_filtered: crate::unseen::disabled_spans(),
+            runs_outside_pipeline: c.runs_outside_pipeline.load(Ordering::Relaxed),
         }
     }
 
@@ -330,22 +332,31 @@ impl Monitor {
         list
     }
 
-    /// Fleet-wide bottlenecks: agents whose summed wall time across the kept
-    /// recent pipelines exceeds the threshold × those pipelines' summed wall time.
+    /// Fleet-wide bottlenecks: agents whose summed time (on the monitor's
+    /// [`BottleneckBasis`](crate::BottleneckBasis)) across the kept recent
+    /// pipelines exceeds the threshold × those pipelines' summed wall time.
     pub fn fleet_bottlenecks(&self) -> Vec<Bottleneck> {
         let recent = self.recorder().recent(usize::MAX);
-        let mut per_agent: HashMap<&str, Duration> = HashMap::new();
+        let mut per_agent: HashMap<&str, (Duration, Duration)> = HashMap::new();
         let mut wall = Duration::ZERO;
         for report in &recent {
             wall += report.duration;
             for run in &report.agents {
-                *per_agent.entry(&run.agent).or_default() += run.duration;
+                let t = per_agent.entry(&run.agent).or_default();
+                t.0 += run.duration;
+                t.1 += run.self_time;
             }
             for agg in &report.aggregated {
-                *per_agent.entry(&agg.agent).or_default() += agg.total;
+                let t = per_agent.entry(&agg.agent).or_default();
+                t.0 += agg.total;
+                t.1 += agg.self_time;
             }
         }
-        analysis::bottlenecks(per_agent, wall, self.bottleneck_threshold())
+        analysis::bottlenecks(
+            per_agent.into_iter().map(|(a, (w, s))| (a, w, s)),
+            wall,
+            self.recorder().config.rule,
+        )
     }
 
     /// The process sampler's latest reading (feature `process`, with
@@ -384,6 +395,11 @@ impl Monitor {
 
     /// The bottleneck threshold this monitor uses.
     pub fn bottleneck_threshold(&self) -> f64 {
-        self.recorder().config.threshold
+        self.recorder().config.rule.threshold
+    }
+
+    /// Which time this monitor judges bottlenecks on.
+    pub fn bottleneck_basis(&self) -> crate::BottleneckBasis {
+        self.recorder().config.rule.basis
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use rustc_hash::FxHashMap;
 
-use crate::analysis;
+use crate::analysis::{self, Rule};
 use crate::outcome::Outcome;
 use crate::record::{AgentRun, AggregatedRuns, PipelineReport, PipelineSnapshot, Progress};
 use crate::sync::lock;
@@ -44,18 +44,31 @@ struct Record {
     report: Option<Arc<PipelineReport>>,
 }
 
+/// The times of one finished run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// Span open to span close.
+    pub(crate) wall: Duration,
+    /// `wall` minus what the runs nested in it covered.
+    pub(crate) self_time: Duration,
+    /// Time being polled, for futures.
+    pub(crate) busy: Option<Duration>,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
     runs: u64,
     failures: u64,
     wall: Duration,
+    self_time: Duration,
 }
 
 impl Totals {
-    fn add(&mut self, duration: Duration, outcome: &Outcome) {
+    fn add(&mut self, timing: Timing, outcome: &Outcome) {
         self.runs += 1;
         self.failures += u64::from(outcome.is_failure());
-        self.wall += duration;
+        self.wall += timing.wall;
+        self.self_time += timing.self_time;
     }
 }
 
@@ -84,8 +97,7 @@ struct Slot {
 
 #[derive(Debug)]
 struct SlotEnd {
-    duration: Duration,
-    busy: Option<Duration>,
+    timing: Timing,
     outcome: Outcome,
 }
 
@@ -178,8 +190,7 @@ impl PipelineState {
         &self,
         ticket: Ticket,
         agent: &Arc<str>,
-        duration: Duration,
-        busy: Option<Duration>,
+        timing: Timing,
         outcome: &Outcome,
     ) {
         let mut record = self.lock();
@@ -188,16 +199,15 @@ impl PipelineState {
         }
         record.finished_runs += 1;
         let totals = record.totals_of(agent);
-        totals.all.add(duration, outcome);
+        totals.all.add(timing, outcome);
         if ticket == Ticket::Aggregated {
             totals.running_aggregated = totals.running_aggregated.saturating_sub(1);
-            totals.aggregated.add(duration, outcome);
+            totals.aggregated.add(timing, outcome);
         } else if let Ticket::Slot(i) = ticket
             && let Some(slot) = record.slots.get_mut(i as usize)
         {
             slot.end = Some(SlotEnd {
-                duration,
-                busy,
+                timing,
                 outcome: outcome.clone(),
             });
         }
@@ -216,24 +226,20 @@ impl PipelineState {
         &self,
         end: quanta::Instant,
         outcome: Outcome,
-        threshold: f64,
+        rule: Rule,
     ) -> Option<Arc<PipelineReport>> {
         let mut record = self.lock();
         if record.report.is_some() {
             return None;
         }
         let duration = end.saturating_duration_since(self.start);
-        let report = Arc::new(self.build(&record, duration, outcome, true, threshold));
+        let report = Arc::new(self.build(&record, duration, outcome, true, rule));
         record.report = Some(Arc::clone(&report));
         Some(report)
     }
 
     /// The report so far, for an active pipeline.
-    pub(crate) fn report_so_far(
-        &self,
-        now: quanta::Instant,
-        threshold: f64,
-    ) -> Arc<PipelineReport> {
+    pub(crate) fn report_so_far(&self, now: quanta::Instant, rule: Rule) -> Arc<PipelineReport> {
         let record = self.lock();
         if let Some(report) = &record.report {
             return Arc::clone(report);
@@ -243,7 +249,7 @@ impl PipelineState {
             now.saturating_duration_since(self.start),
             Outcome::Succeeded,
             false,
-            threshold,
+            rule,
         ))
     }
 
@@ -266,7 +272,7 @@ impl PipelineState {
         duration: Duration,
         outcome: Outcome,
         finished: bool,
-        threshold: f64,
+        rule: Rule,
     ) -> PipelineReport {
         // Stored slots → runs, renumbering past unfinished ones.
         let mut index_of = vec![None; record.slots.len()];
@@ -278,8 +284,9 @@ impl PipelineState {
                 agent: slot.agent.to_string(),
                 pipeline: self.id.to_string(),
                 started_at: slot.started_at,
-                duration: end.duration,
-                busy: end.busy,
+                duration: end.timing.wall,
+                self_time: end.timing.self_time,
+                busy: end.timing.busy,
                 outcome: end.outcome.clone(),
                 offset: slot.offset,
                 parent: slot
@@ -288,9 +295,12 @@ impl PipelineState {
             });
         }
         let bottlenecks = analysis::bottlenecks(
-            record.per_agent.values().map(|t| (&*t.agent, t.all.wall)),
+            record
+                .per_agent
+                .values()
+                .map(|t| (&*t.agent, t.all.wall, t.all.self_time)),
             duration,
-            threshold,
+            rule,
         );
         let critical_runs = analysis::critical_path(&agents, duration);
         let critical_path = critical_runs
@@ -306,6 +316,7 @@ impl PipelineState {
                 runs: t.aggregated.runs,
                 failures: t.aggregated.failures,
                 total: t.aggregated.wall,
+                self_time: t.aggregated.self_time,
             })
             .collect();
         aggregated.sort_by(|a, b| a.agent.cmp(&b.agent));

@@ -24,6 +24,12 @@ pub struct AgentRun {
     /// Wall time from span open to span close.
     #[serde(rename = "duration_ms", serialize_with = "ser::ms")]
     pub duration: Duration,
+    /// Wall time minus the time covered by the runs nested in it (their
+    /// union: parallel children count once, by the time they covered). Only
+    /// nested runs that finished before this one count. Equal to `duration`
+    /// for a run with no nested runs.
+    #[serde(rename = "self_time_ms", serialize_with = "ser::ms")]
+    pub self_time: Duration,
     /// Time spent being polled (sum of enter → exit), for futures and spans
     /// entered more than once; `None` for synchronous guards.
     #[serde(rename = "busy_ms", serialize_with = "ser::opt_ms")]
@@ -46,12 +52,45 @@ pub struct Bottleneck {
     /// The agent's name.
     pub agent: String,
     /// The agent's summed wall time in the pipeline (or, fleet-wide, in the
-    /// recent pipelines).
+    /// recent pipelines), its nested runs included.
     #[serde(rename = "duration_ms", serialize_with = "ser::ms")]
     pub duration: Duration,
-    /// `duration` / the pipeline's wall time. Runs that overlap (parallel runs
-    /// of one agent, or an agent that encloses others) can make this exceed 1.
+    /// `duration` / the pipeline's wall time: the inclusive share. Runs that
+    /// overlap (parallel runs of one agent, or an agent that encloses
+    /// others) can make this exceed 1.
     pub share: f64,
+    /// The agent's summed self time ([`AgentRun::self_time`]).
+    #[serde(rename = "self_time_ms", serialize_with = "ser::ms")]
+    pub self_time: Duration,
+    /// `self_time` / the pipeline's wall time.
+    pub self_share: f64,
+    /// Which share was judged against the threshold.
+    pub basis: BottleneckBasis,
+}
+
+impl Bottleneck {
+    /// The share the threshold was applied to: `self_share` or `share`,
+    /// by [`Bottleneck::basis`].
+    pub fn judged_share(&self) -> f64 {
+        match self.basis {
+            BottleneckBasis::SelfTime => self.self_share,
+            BottleneckBasis::Wall => self.share,
+        }
+    }
+}
+
+/// Which time makes an agent a bottleneck; set with
+/// [`MonitorBuilder::bottleneck_basis`](crate::MonitorBuilder::bottleneck_basis).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BottleneckBasis {
+    /// Self time (the default): an agent that only waits on agents nested
+    /// in it is not flagged for their time, and nested agents do not count twice.
+    #[default]
+    SelfTime,
+    /// Wall time, nested runs included (perfmon 0.1's rule).
+    Wall,
 }
 
 /// Totals for runs of one agent that did not fit in [`PipelineReport::agents`].
@@ -67,6 +106,9 @@ pub struct AggregatedRuns {
     /// Their summed wall time.
     #[serde(rename = "total_ms", serialize_with = "ser::ms")]
     pub total: Duration,
+    /// Their summed self time.
+    #[serde(rename = "self_time_ms", serialize_with = "ser::ms")]
+    pub self_time: Duration,
 }
 
 /// The record of one pipeline: its agent runs, bottlenecks and critical path.
@@ -130,13 +172,19 @@ impl fmt::Display for PipelineReport {
             self.duration,
             self.total_runs()
         )?;
-        for run in &self.agents {
-            let indent = if run.parent.is_some() { "    " } else { "  " };
+        let depth = self.depths();
+        for (run, depth) in self.agents.iter().zip(depth) {
+            // Nested runs are indented under the run they ran inside.
+            let indent = 2 + 2 * depth;
+            let width = 14usize.saturating_sub(2 * depth);
             write!(
                 f,
-                "{indent}{:<14} +{:>8.1?} {:>9.1?}  {}",
-                run.agent, run.offset, run.duration, run.outcome
+                "{:indent$}{:<width$} +{:>8.1?} {:>9.1?}  {}",
+                "", run.agent, run.offset, run.duration, run.outcome
             )?;
+            if run.self_time != run.duration {
+                write!(f, " (self {:.1?})", run.self_time)?;
+            }
             if let Some(busy) = run.busy {
                 write!(f, " (busy {busy:.1?})")?;
             }
@@ -160,15 +208,85 @@ impl fmt::Display for PipelineReport {
             writeln!(f, "  bottlenecks: none")?;
         }
         for b in &self.bottlenecks {
-            writeln!(
+            // The judged figure first, the other one after it when it differs.
+            let (judged, judged_share, other, other_share, note) = match b.basis {
+                BottleneckBasis::SelfTime => (
+                    b.self_time,
+                    b.self_share,
+                    b.duration,
+                    b.share,
+                    "with nested runs",
+                ),
+                BottleneckBasis::Wall => (b.duration, b.share, b.self_time, b.self_share, "self"),
+            };
+            write!(
                 f,
-                "  BOTTLENECK {} took {:.1?} = {:.0}% of the pipeline",
+                "  BOTTLENECK {} took {judged:.1?} = {:.0}% of the pipeline",
                 b.agent,
-                b.duration,
-                b.share * 100.0
+                judged_share * 100.0,
             )?;
+            if other != judged {
+                write!(f, " ({note}: {other:.1?} = {:.0}%)", other_share * 100.0)?;
+            }
+            writeln!(f)?;
         }
-        write!(f, "  critical path: {}", self.critical_path.join(" -> "))
+        write!(f, "  critical path: {}", self.nested_critical_path())
+    }
+}
+
+impl PipelineReport {
+    /// Each stored run's nesting depth (0 for runs not inside another).
+    fn depths(&self) -> Vec<usize> {
+        let mut depths: Vec<usize> = Vec::with_capacity(self.agents.len());
+        for (i, run) in self.agents.iter().enumerate() {
+            // Parents come earlier in start order.
+            let d = match run.parent {
+                Some(p) if p < i => depths[p] + 1,
+                _ => 0,
+            };
+            depths.push(d);
+        }
+        depths
+    }
+
+    /// The critical path with nesting shown: runs inside a run are in
+    /// braces after it, so `planner { retrieval } -> coder` says retrieval
+    /// ran inside planner, then coder ran.
+    pub fn nested_critical_path(&self) -> String {
+        let mut out = String::new();
+        // Runs on the path whose children may follow, and whether their
+        // brace is open.
+        let mut open: Vec<(usize, bool)> = Vec::new();
+        for &i in &self.critical_runs {
+            let Some(run) = self.agents.get(i) else {
+                continue;
+            };
+            while let Some(&(top, opened)) = open.last() {
+                if run.parent == Some(top) {
+                    break;
+                }
+                open.pop();
+                if opened {
+                    out.push_str(" }");
+                }
+            }
+            match open.last_mut() {
+                Some((_, opened)) if !*opened => {
+                    *opened = true;
+                    out.push_str(" { ");
+                }
+                _ if !out.is_empty() => out.push_str(" -> "),
+                _ => {}
+            }
+            out.push_str(&run.agent);
+            open.push((i, false));
+        }
+        for (_, opened) in open.into_iter().rev() {
+            if opened {
+                out.push_str(" }");
+            }
+        }
+        out
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::analysis::Rule;
 use crate::events::{Bus, EventKind};
 use crate::metrics;
 use crate::outcome::Outcome;
@@ -32,7 +33,7 @@ use crate::sync::lock;
 /// Settings the recorder reads on the hot path.
 #[derive(Debug, Clone)]
 pub(crate) struct RecorderConfig {
-    pub(crate) threshold: f64,
+    pub(crate) rule: Rule,
     pub(crate) recent_capacity: usize,
     pub(crate) max_runs_per_pipeline: usize,
     pub(crate) metrics: bool,
@@ -150,7 +151,7 @@ impl Recorder {
     /// Ends `state` (once) and files its report.
     pub(crate) fn finish_pipeline(&self, state: &PipelineState, outcome: Outcome) {
         let end = self.now();
-        let Some(report) = state.finish(end, outcome, self.config.threshold) else {
+        let Some(report) = state.finish(end, outcome, self.config.rule) else {
             return;
         };
         let active = {
@@ -212,8 +213,8 @@ impl Recorder {
         lock(&self.recent).iter().find(|r| pred(r)).cloned()
     }
 
-    /// The report of `state` so far, with the configured threshold.
+    /// The report of `state` so far, with the configured bottleneck rule.
     pub(crate) fn report_so_far(&self, state: &PipelineState) -> Arc<PipelineReport> {
-        state.report_so_far(self.now(), self.config.threshold)
+        state.report_so_far(self.now(), self.config.rule)
     }
 }

@@ -60,6 +60,22 @@ pub struct AgentStats {
     /// Summed wall time of all runs.
     #[serde(rename = "total_ms", serialize_with = "ser::ms")]
     pub total: Duration,
+    /// Mean self time (wall minus the runs nested in it; see
+    /// [`AgentRun::self_time`](crate::AgentRun::self_time)).
+    #[serde(rename = "self_mean_ms", serialize_with = "ser::ms")]
+    pub self_mean: Duration,
+    /// Median self time.
+    #[serde(rename = "self_p50_ms", serialize_with = "ser::ms")]
+    pub self_p50: Duration,
+    /// 90th percentile self time.
+    #[serde(rename = "self_p90_ms", serialize_with = "ser::ms")]
+    pub self_p90: Duration,
+    /// 99th percentile self time.
+    #[serde(rename = "self_p99_ms", serialize_with = "ser::ms")]
+    pub self_p99: Duration,
+    /// Summed self time of all runs.
+    #[serde(rename = "self_total_ms", serialize_with = "ser::ms")]
+    pub self_total: Duration,
     /// Runs open right now.
     pub running: u64,
     /// Finished runs by outcome; `failures` is the sum of all but `succeeded`.
@@ -128,6 +144,17 @@ pub struct Overview {
     /// threads or memory), or an exporter that panicked. While it is above
     /// 0, live events, process samples or an exporter's output may be missing.
     pub thread_failures: u64,
+    /// perfmon spans (agents and pipelines, from guards, futures and the
+    /// macros) that a filter disabled, or that were made with no subscriber
+    /// installed, in this whole process: perfmon recorded nothing for them.
+    /// Above 0, enable [`FILTER_DIRECTIVE`](crate::FILTER_DIRECTIVE) in
+    /// your filter (a `WARN` event from target `perfmon` said so once).
+    pub spans_filtered: u64,
+    /// Agent runs that finished outside any pipeline while a pipeline was
+    /// active: usually work that lost its pipeline (a task spawned without
+    /// `.in_current_span()`, a blocking call without the span). They count
+    /// in the agent's statistics but in no pipeline report.
+    pub runs_outside_pipeline: u64,
 }
 
 /// One reading of the process by the sampler (feature `process`).
@@ -152,6 +179,10 @@ pub(crate) struct Counters {
     pub(crate) agents_overflowed: AtomicU64,
     /// Background threads that could not be spawned.
     pub(crate) thread_failures: AtomicU64,
+    /// Runs that ended outside any pipeline while one was active.
+    pub(crate) runs_outside_pipeline: AtomicU64,
+    /// Whether the warning about such runs was given.
+    pub(crate) warned_outside: std::sync::atomic::AtomicBool,
 }
 
 /// Everything the monitor knows about one agent name.
@@ -173,6 +204,10 @@ struct StatsCell {
     /// One histogram per outcome, in [`Outcome::index`] order: merged for
     /// the percentiles, apart for `/metrics` (a histogram per label set).
     by_outcome: [OutcomeCell; 4],
+    /// Self times, all outcomes together.
+    self_time: OutcomeCell,
+    self_min_ns: u64,
+    self_max_ns: u64,
 }
 
 /// Runs of one agent that ended with one outcome.
@@ -220,6 +255,9 @@ impl AgentEntry {
                 min_ns: u64::MAX,
                 max_ns: 0,
                 by_outcome: std::array::from_fn(|_| OutcomeCell::new()),
+                self_time: OutcomeCell::new(),
+                self_min_ns: u64::MAX,
+                self_max_ns: 0,
             }),
             running: AtomicU64::new(0),
             metrics,
@@ -232,9 +270,10 @@ impl AgentEntry {
     }
 
     /// Records one finished run.
-    pub(crate) fn run_finished(&self, duration: Duration, outcome: &Outcome) {
+    pub(crate) fn run_finished(&self, duration: Duration, self_time: Duration, outcome: &Outcome) {
         self.running.fetch_sub(1, Ordering::Relaxed);
         let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let self_ns = u64::try_from(self_time.as_nanos()).unwrap_or(u64::MAX);
         {
             let mut cell = lock(&self.cell);
             cell.runs += 1;
@@ -243,6 +282,9 @@ impl AgentEntry {
             cell.min_ns = cell.min_ns.min(ns);
             cell.max_ns = cell.max_ns.max(ns);
             cell.by_outcome[outcome.index()].record(ns);
+            cell.self_time.record(self_ns);
+            cell.self_min_ns = cell.self_min_ns.min(self_ns);
+            cell.self_max_ns = cell.self_max_ns.max(self_ns);
         }
         self.metrics.record(duration, outcome);
     }
@@ -268,14 +310,29 @@ impl AgentEntry {
             // allocation failure, where the percentiles lose those samples.
             let _ = merged.add(&other.histogram);
         }
-        let q = |q: f64| {
+        let at = |h: &Histogram<u64>, q: f64, min: u64, max: u64| {
             if runs == 0 {
                 Duration::ZERO
             } else {
                 // The histogram answers with the top of a bucket; clamp it
                 // into the exact [min, max] range so that p99 never exceeds max.
-                let v = merged.value_at_quantile(q);
-                Duration::from_nanos(v.clamp(cell.min_ns, cell.max_ns))
+                Duration::from_nanos(h.value_at_quantile(q).clamp(min, max))
+            }
+        };
+        let q = |q: f64| at(&merged, q, cell.min_ns, cell.max_ns);
+        let self_q = |q: f64| {
+            at(
+                &cell.self_time.histogram,
+                q,
+                cell.self_min_ns,
+                cell.self_max_ns,
+            )
+        };
+        let mean = |total: u128| {
+            if runs == 0 {
+                Duration::ZERO
+            } else {
+                nanos_to_duration(total / u128::from(runs))
             }
         };
         AgentStats {
@@ -293,15 +350,16 @@ impl AgentEntry {
                 Duration::from_nanos(cell.min_ns)
             },
             max: Duration::from_nanos(cell.max_ns),
-            mean: if runs == 0 {
-                Duration::ZERO
-            } else {
-                nanos_to_duration(cell.total_ns / u128::from(runs))
-            },
+            mean: mean(cell.total_ns),
             p50: q(0.50),
             p90: q(0.90),
             p99: q(0.99),
             total: nanos_to_duration(cell.total_ns),
+            self_mean: mean(cell.self_time.total_ns),
+            self_p50: self_q(0.50),
+            self_p90: self_q(0.90),
+            self_p99: self_q(0.99),
+            self_total: nanos_to_duration(cell.self_time.total_ns),
             running: self.running.load(Ordering::Relaxed),
             outcomes: OutcomeCounts::from_array(cell.by_outcome.each_ref().map(|c| c.runs)),
         }

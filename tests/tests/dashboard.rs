@@ -137,7 +137,9 @@ fn dispatch(monitor: &Monitor) -> tracing::Dispatch {
 }
 
 /// planner → physics (the bottleneck; reports 50% and a thought, then waits
-/// for `release` if given) → geometry → codegen, which fails when `fail`.
+/// for `release` if given; runs `solver` inside it) → geometry → codegen,
+/// which fails when `fail`. While it runs, an `indexer` on another thread
+/// runs outside it (lost); when it fails, a `straggler` is still running.
 fn scripted(
     monitor: &Monitor,
     id: &'static str,
@@ -152,6 +154,12 @@ fn scripted(
                 let _a = perfmon::agent("planner");
                 std::thread::sleep(Duration::from_millis(60));
             }
+            let here = tracing::dispatcher::get_default(Clone::clone);
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&here, || perfmon::agent("indexer").succeed());
+            })
+            .join()
+            .unwrap();
             {
                 let _a = perfmon::agent("physics");
                 perfmon::progress!(percent = 50.0, stage = "solving");
@@ -159,7 +167,9 @@ fn scripted(
                 if let Some(release) = release {
                     let _ = release.recv_timeout(Duration::from_secs(60));
                 }
-                std::thread::sleep(Duration::from_millis(400));
+                std::thread::sleep(Duration::from_millis(300));
+                let _solver = perfmon::agent("solver");
+                std::thread::sleep(Duration::from_millis(100));
             }
             {
                 let _a = perfmon::agent("geometry");
@@ -167,7 +177,10 @@ fn scripted(
             }
             if fail {
                 perfmon::agent("codegen").fail("scripted failure E42");
-                pipeline.fail("codegen: scripted failure E42")
+                let straggler = tracing::info_span!(parent: pipeline.span(), "straggler", perfmon.agent = "straggler");
+                let report = pipeline.fail("codegen: scripted failure E42");
+                drop(straggler);
+                report
             } else {
                 let _a = perfmon::agent("codegen");
                 std::thread::sleep(Duration::from_millis(30));
@@ -289,7 +302,11 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
         .iter()
         .find(|b| b.agent == "physics")
         .expect("physics is the scripted bottleneck");
-    let share = format!("{:.0}%", physics.share * 100.0);
+    // Judged on self time (solver's 100 ms ran inside physics), with the
+    // share including solver beside it.
+    let share = format!("{:.0}%", physics.self_share * 100.0);
+    let with_nested = format!("{:.0}%", physics.share * 100.0);
+    assert_ne!(share, with_nested);
     assert_eq!(report.bottlenecks.len(), 1, "{:?}", report.bottlenecks);
     assert_eq!(
         js(
@@ -297,7 +314,9 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
             r##"document.querySelector("#bottleneck").textContent"##
         )
         .await,
-        json!(format!("Bottleneck: physics {share}"))
+        json!(format!(
+            "Bottleneck: physics {share} ({with_nested} with nested runs)"
+        ))
     );
     assert_eq!(
         js(&client, r##"document.querySelector('#gantt g.run.bottleneck[data-agent="physics"] .share').textContent"##).await,
@@ -318,10 +337,60 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
         hover.as_str().unwrap().contains("scripted failure E42"),
         "{hover}"
     );
-    // The critical path: every run here is sequential, so all four are on it.
+    // The critical path: every run here is on it, solver inside physics,
+    // which the page shows as the printed report does.
     assert_eq!(
         js(&client, r##"[...document.querySelectorAll("#gantt g.run.critical")].map(g => g.dataset.agent).join(",")"##).await,
         json!(report.critical_path.join(","))
+    );
+    assert_eq!(
+        report.nested_critical_path(),
+        "planner -> physics { solver } -> geometry -> codegen"
+    );
+    assert_eq!(
+        js(
+            &client,
+            r##"document.querySelector("#critical").textContent"##
+        )
+        .await,
+        json!(format!(
+            "critical path: {}",
+            report.nested_critical_path().replace(" -> ", " → ")
+        ))
+    );
+    assert_eq!(
+        js(
+            &client,
+            r##"document.querySelector('#gantt g.run[data-agent="solver"]').dataset.depth"##
+        )
+        .await,
+        json!("1"),
+        "solver is drawn nested under physics"
+    );
+    // The agent still running when the pipeline failed is named.
+    assert_eq!(report.unfinished, ["straggler"]);
+    let unfinished = js(
+        &client,
+        r##"document.querySelector("#unfinished")?.textContent"##,
+    )
+    .await;
+    assert!(
+        unfinished.as_str().is_some_and(|t| t.contains("straggler")),
+        "{unfinished}"
+    );
+    // The run that lost its pipeline is counted and the page says so, with the fix.
+    assert!(monitor.overview().runs_outside_pipeline >= 1);
+    let blind = until(
+        &client,
+        "the notice about runs outside any pipeline",
+        r##"!document.querySelector("#blind").hidden && document.querySelector("#blind").textContent"##,
+    )
+    .await;
+    assert!(
+        blind
+            .as_str()
+            .is_some_and(|t| t.contains("in_current_span")),
+        "{blind}"
     );
 
     let dir = artifacts();

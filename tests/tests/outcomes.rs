@@ -471,3 +471,110 @@ fn what_a_cancelled_future_does_while_dropped_belongs_to_its_agent() {
         "attributed to the cancelled agent"
     );
 }
+
+#[tracing::instrument(fields(perfmon.agent = "declared", perfmon.error = tracing::field::Empty))]
+fn records_a_declared_error() {
+    tracing::Span::current().record("perfmon.error", "quota exceeded");
+}
+
+#[tracing::instrument(fields(perfmon.agent = "undeclared"))]
+fn records_an_undeclared_error() {
+    // tracing drops values for fields the span did not declare.
+    tracing::Span::current().record("perfmon.error", "quota exceeded");
+}
+
+#[test]
+fn record_perfmon_error_needs_the_field_declared() {
+    let (monitor, _clock, _g) = mocked();
+    let pipeline = monitor.start_pipeline("declared");
+    records_a_declared_error();
+    records_an_undeclared_error();
+    let report = pipeline.finish();
+    assert_eq!(
+        report.agents[0].outcome,
+        Outcome::Failed {
+            error: "quota exceeded".into()
+        }
+    );
+    assert_eq!(report.agents[1].outcome, Outcome::Succeeded);
+}
+
+#[tracing::instrument(fields(perfmon.agent = "retrier"))]
+fn recovers_after_an_error() -> u32 {
+    let e = std::io::Error::other("timeout");
+    tracing::error!(error = %e, "recovered, retrying");
+    tracing::error!(error = %e, attempt = 2);
+    7
+}
+
+#[tracing::instrument(fields(perfmon.agent = "bare_error"))]
+fn logs_an_error_like_instrument_err() {
+    tracing::error!(error = %std::io::Error::other("disk full"));
+}
+
+#[test]
+fn an_error_event_fails_a_run_only_in_the_shape_instrument_err_emits() {
+    let (monitor, _clock, _g) = mocked();
+    let mut events = monitor.subscribe();
+    let pipeline = monitor.start_pipeline("errors");
+    assert_eq!(recovers_after_an_error(), 7);
+    logs_an_error_like_instrument_err();
+    let report = pipeline.finish();
+    assert_eq!(report.agents[0].outcome, Outcome::Succeeded);
+    assert_eq!(
+        report.agents[1].outcome,
+        Outcome::Failed {
+            error: "disk full".into()
+        }
+    );
+    // The recovered errors are still reported live, as `error` events.
+    let mut errors = Vec::new();
+    while let Some(event) = events.recv_blocking_timeout(Duration::from_secs(5)) {
+        match event.kind {
+            perfmon::EventKind::Error { message, .. } => errors.push(message),
+            perfmon::EventKind::PipelineCompleted(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        errors,
+        [
+            "recovered, retrying error=timeout",
+            "error=timeout attempt=2",
+            "error=disk full"
+        ]
+    );
+}
+
+#[test]
+fn agent_stats_count_each_outcome_apart() {
+    let (monitor, _clock, _g) = mocked();
+    let _pipeline = monitor.start_pipeline("mixed");
+    perfmon::agent("mixed").succeed();
+    perfmon::agent("mixed").fail("no");
+    let _ = std::panic::catch_unwind(|| {
+        let _a = perfmon::agent("mixed");
+        panic!("mixed blew up");
+    });
+    let mut cancelled = Box::pin(std::future::pending::<()>().track_agent("mixed"));
+    let waker = Waker::noop();
+    assert!(
+        cancelled
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_pending()
+    );
+    drop(cancelled);
+    let stats = monitor.agent_stats("mixed").expect("ran");
+    let o = stats.outcomes;
+    assert_eq!(
+        (
+            o.succeeded,
+            o.failed,
+            o.panicked,
+            o.cancelled,
+            stats.failures
+        ),
+        (1, 1, 1, 1, 3)
+    );
+}

@@ -296,12 +296,16 @@ fn exposed_series(text: &str) -> BTreeSet<Series> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
-    use metrics_util::debugging::DebuggingRecorder;
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    // metrics-exporter-prometheus renders what the `metrics` facade got from
+    // the same runs; the sidecar's page must say the same, family by family.
+    let exporter = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.005, 0.05, 0.5, 5.0])
+        .unwrap()
+        .build_recorder();
+    let handle = exporter.handle();
     let clock = MockClock::new();
     let monitor = Monitor::builder().mock_clock(&clock).build();
-    metrics::with_local_recorder(&recorder, || {
+    metrics::with_local_recorder(&exporter, || {
         tracing::dispatcher::with_default(&dispatch(&monitor), || {
             let pipeline = monitor.start_pipeline("m");
             {
@@ -323,24 +327,21 @@ async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
             cancelled.fail("gave up");
         });
     });
-    let facade: BTreeSet<Series> = snapshotter
-        .snapshot()
-        .into_vec()
+    let rendered = handle.render();
+    let ours =
+        |name: &str| name.starts_with("perfmon_agent_") || name.starts_with("perfmon_pipeline");
+    let facade: BTreeSet<Series> = exposed_series(&rendered)
         .into_iter()
-        .map(|(key, _, _, _)| {
-            let mut labels: Vec<(String, String)> = key
-                .key()
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            (key.key().name().to_owned(), labels)
-        })
-        .filter(|(name, _)| {
-            name.starts_with("perfmon_agent_") || name.starts_with("perfmon_pipeline")
-        })
+        .filter(|(name, _)| ours(name))
         .collect();
-    assert!(facade.len() >= 8, "the facade saw the runs: {facade:?}");
+    assert!(facade.len() >= 8, "the facade saw the runs: {rendered}");
+    let types = |text: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter(|l| ours(l))
+            .map(str::to_owned)
+            .collect()
+    };
 
     let sidecar = Sidecar::builder()
         .bind("127.0.0.1:0")
@@ -349,12 +350,25 @@ async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
     let (code, text) = get(&sidecar, "/metrics").await;
     sidecar.shutdown();
     assert_eq!(code, 200);
-    let exposed = exposed_series(&text);
-    let missing: Vec<_> = facade.difference(&exposed).collect();
-    assert!(
-        missing.is_empty(),
-        "series the facade has and /metrics lacks: {missing:?}\n{text}"
+    let families: BTreeSet<&str> = facade.iter().map(|(name, _)| name.as_str()).collect();
+    let exposed: BTreeSet<Series> = exposed_series(&text)
+        .into_iter()
+        .filter(|(name, _)| families.contains(name.as_str()))
+        .collect();
+    assert_eq!(
+        exposed, facade,
+        "/metrics and metrics-exporter-prometheus disagree on families or label sets\n{text}\n---\n{rendered}"
     );
+    let facade_types = types(&rendered);
+    let exposed_types: BTreeSet<String> = types(&text)
+        .into_iter()
+        .filter(|l| {
+            facade_types
+                .iter()
+                .any(|t| t.split(' ').next() == l.split(' ').next())
+        })
+        .collect();
+    assert_eq!(exposed_types, facade_types, "# TYPE lines differ");
     for line in [
         "# TYPE perfmon_agent_duration_seconds histogram",
         "# TYPE perfmon_pipeline_duration_seconds histogram",

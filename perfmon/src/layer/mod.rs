@@ -17,8 +17,8 @@ mod visitors;
 use std::any::TypeId;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing::span::{Attributes, Id, Record};
@@ -30,13 +30,15 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use self::callsites::{Callsites, Kind};
 use self::visitors::{AgentVisitor, ErrorVisitor, NameVisitor, OutcomeVisitor, ProgressVisitor};
+use crate::coverage::Coverage;
 use crate::events::EventKind;
 use crate::fields::PIPELINE_FIELD;
 use crate::outcome::{Outcome, UnknownOutcome};
-use crate::pipeline::{PipelineState, Ticket};
+use crate::pipeline::{PipelineState, Ticket, Timing};
 use crate::record::Progress;
 use crate::recorder::Recorder;
 use crate::stats::AgentEntry;
+use crate::sync::lock;
 
 /// Per-span state of an agent run, in the span's extensions.
 struct AgentData {
@@ -46,6 +48,21 @@ struct AgentData {
     start: quanta::Instant,
     busy: Option<Busy>,
     outcome: Option<Outcome>,
+    /// What the runs nested in this one covered, made when the first opens.
+    children: OnceLock<Arc<Mutex<Coverage>>>,
+    /// The enclosing run's coverage and start, for runs nested in one.
+    parent: Option<(Arc<Mutex<Coverage>>, quanta::Instant)>,
+    /// Opened outside any pipeline while one was active.
+    lost: bool,
+}
+
+/// Where a new run goes: its pipeline, its parent's slot there, and its
+/// parent run's coverage (with the parent's start).
+#[derive(Default)]
+struct Placement {
+    pipeline: Option<Arc<PipelineState>>,
+    slot: Option<u32>,
+    parent: Option<(Arc<Mutex<Coverage>>, quanta::Instant)>,
 }
 
 impl AgentData {
@@ -81,6 +98,25 @@ enum Nearest<'a> {
 }
 
 impl Nearest<'_> {
+    /// Where a run opened right inside this span goes.
+    fn placement(&self) -> Placement {
+        match self {
+            Nearest::Agent(agent) => Placement {
+                pipeline: agent.pipeline.clone(),
+                slot: agent.slot(),
+                parent: Some((
+                    Arc::clone(agent.children.get_or_init(Default::default)),
+                    agent.start,
+                )),
+            },
+            Nearest::Pipeline(pipeline) => Placement {
+                pipeline: Some(Arc::clone(&pipeline.state)),
+                slot: None,
+                parent: None,
+            },
+        }
+    }
+
     /// The pipeline, and the run's slot in it for runs nested in an agent.
     fn pipeline_and_slot(&self) -> (Option<Arc<PipelineState>>, Option<u32>) {
         match self {
@@ -204,11 +240,17 @@ where
         attrs.record(&mut name);
         let entry = name.into_entry();
         let start = recorder.now();
-        let (pipeline, slot) =
-            Self::nearest(span.parent(), |n| n.pipeline_and_slot()).unwrap_or_default();
-        let ticket = match &pipeline {
-            Some(p) => p.open_run(&entry.name, slot, start, recorder.system_time(start)),
-            None => Ticket::Late,
+        let Placement {
+            pipeline,
+            slot,
+            parent,
+        } = Self::nearest(span.parent(), |n| n.placement()).unwrap_or_default();
+        let (ticket, lost) = match &pipeline {
+            Some(p) => (
+                p.open_run(&entry.name, slot, start, recorder.system_time(start)),
+                false,
+            ),
+            None => (Ticket::Late, recorder.active_count() > 0),
         };
         entry.run_started();
         if !sync {
@@ -227,6 +269,9 @@ where
             start,
             busy: if sync { None } else { Some(Busy::default()) },
             outcome: None,
+            children: OnceLock::new(),
+            parent,
+            lost,
         });
     }
 
@@ -249,19 +294,65 @@ where
         }
         let busy = data.busy.and_then(|b| b.entered.then_some(b.total));
         let outcome = data.outcome.unwrap_or_default();
-        data.entry.run_finished(duration, &outcome);
+        // Self time: wall minus what the runs nested in it covered (those
+        // that finished before it did); then this run covers part of its parent.
+        let self_time = match data.children.get() {
+            Some(children) => duration.saturating_sub(lock(children).within(duration)),
+            None => duration,
+        };
+        if let Some((cover, parent_start)) = &data.parent {
+            lock(cover).add(
+                data.start.saturating_duration_since(*parent_start),
+                end.saturating_duration_since(*parent_start),
+            );
+        }
+        data.entry.run_finished(duration, self_time, &outcome);
         if let Some(pipeline) = &data.pipeline {
-            pipeline.close_run(data.ticket, &data.entry.name, duration, busy, &outcome);
+            pipeline.close_run(
+                data.ticket,
+                &data.entry.name,
+                Timing {
+                    wall: duration,
+                    self_time,
+                    busy,
+                },
+                &outcome,
+            );
+        }
+        if data.pipeline.is_none() && (data.lost || recorder.active_count() > 0) {
+            self.lost_run(&data.entry.name);
         }
         let pipeline_id = data.pipeline.as_ref().map(|p| Arc::clone(&p.id));
         let run = data.pipeline.as_ref().map(|p| p.run);
         recorder.publish(pipeline_id, end, || EventKind::AgentCompleted {
             agent: Arc::clone(&data.entry.name),
             duration,
+            self_time,
             busy,
             outcome,
             run,
         });
+    }
+
+    /// A run that ended outside any pipeline while one was active: counted,
+    /// and warned about once per monitor with the fix.
+    #[cold]
+    fn lost_run(&self, agent: &str) {
+        let c = &self.recorder.counters;
+        c.runs_outside_pipeline.fetch_add(1, Ordering::Relaxed);
+        if c.warned_outside.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            target: "perfmon",
+            agent,
+            "agent `{agent}` ran outside any pipeline while a pipeline was active, so no \
+             pipeline report counts it. If it belongs to one, carry the span into the work: \
+             `tokio::spawn(fut.in_current_span())` (tracing::Instrument), \
+             `let span = Span::current(); spawn_blocking(move || span.in_scope(f))`, or \
+             `fut.track_agent(name)` made before the spawn. Overview::runs_outside_pipeline \
+             counts such runs; this warning is printed once."
+        );
     }
 
     /// An unknown `perfmon.outcome` value: the run fails with a text that
@@ -453,11 +544,11 @@ where
                 });
             }
             _ => {
-                // An ERROR event with an `error` field directly inside an
-                // agent span marks the run failed: what `#[instrument(err)]` emits.
+                // An ERROR event directly inside an agent span marks the
+                // run failed only in the shape `#[instrument(err)]` emits.
                 let mut v = ErrorVisitor::default();
                 event.record(&mut v);
-                if let Some(error) = &v.error
+                if let Some(error) = v.run_error()
                     && let Some(span) = ctx.event_span(event)
                 {
                     let mut ext = span.extensions_mut();

@@ -195,9 +195,21 @@ pub(crate) struct ErrorVisitor {
     pub(crate) error: Option<String>,
     message: String,
     rest: String,
+    /// Fields other than the message.
+    fields: u32,
 }
 
 impl ErrorVisitor {
+    /// The error, if the event has exactly the shape `#[instrument(err)]`
+    /// emits: one field, `error`, and no message. An `error!` with a
+    /// message ("recovered, retrying") or other fields is a log line, not
+    /// the run's outcome.
+    pub(crate) fn run_error(&self) -> Option<&String> {
+        (self.message.is_empty() && self.fields == 1)
+            .then_some(self.error.as_ref())
+            .flatten()
+    }
+
     /// `message field=value ...`, on one line.
     pub(crate) fn into_message(self) -> String {
         match (self.message.is_empty(), self.rest.is_empty()) {
@@ -215,6 +227,7 @@ impl Visit for ErrorVisitor {
                 let _ = write!(self.message, "{value:?}");
             }
             name => {
+                self.fields += 1;
                 if name == EVENT_ERROR_FIELD {
                     self.error = Some(format!("{value:?}"));
                 }
@@ -373,7 +386,7 @@ mod tests {
     #[test]
     fn error_events_keep_the_error_field_and_one_line_of_text() {
         let seen = visit(
-            |v: ErrorVisitor| (v.error.clone(), v.into_message()),
+            |v: ErrorVisitor| (v.run_error().is_some(), v.error.clone(), v.into_message()),
             || {
                 let err = std::io::Error::other("disk full");
                 tracing::error!(
@@ -382,16 +395,25 @@ mod tests {
                     "write failed"
                 );
                 tracing::error!("no error field");
+                tracing::error!(error = %err);
+                tracing::error!(error = %err, "recovered, retrying");
             },
         );
         assert_eq!(
             seen,
             vec![
                 (
+                    false,
                     Some("disk full".into()),
                     "write failed error=disk full attempt=3".into()
                 ),
-                (None, "no error field".into()),
+                (false, None, "no error field".into()),
+                (true, Some("disk full".into()), "error=disk full".into()),
+                (
+                    false,
+                    Some("disk full".into()),
+                    "recovered, retrying error=disk full".into()
+                ),
             ]
         );
     }
