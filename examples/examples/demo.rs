@@ -5,10 +5,16 @@
 //! cargo run --example demo -- --pipelines 3 # stop after three pipelines
 //! ```
 //!
-//! Each pipeline: a `planner`, then `geometry`, `physics` and `materials` in
-//! parallel (`physics` is the clear bottleneck), then `codegen` (fails now
-//! and then) and a `reviewer`. Every report is printed with its bottlenecks
-//! and critical path; every few pipelines, the slowest agents.
+//! Each pipeline: a `planner`, then `geometry`, `physics` (which runs a
+//! `solver` inside it) and `materials` in parallel (`physics` is the clear
+//! bottleneck, on its self time), then `codegen` (fails now and then) and a
+//! `reviewer`. Every report is printed with its bottlenecks and critical
+//! path; every few pipelines, the slowest agents.
+//!
+//! Every fifth pipeline also starts an `indexer` task without carrying the
+//! pipeline's span, on purpose: perfmon counts that run as outside any
+//! pipeline, warns once on stderr (the WARN line) and the dashboard shows a
+//! notice with the fix.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -96,11 +102,20 @@ async fn geometry(time: Duration) {
 #[perfmon::track_agent]
 async fn physics() {
     perfmon::thought!("coarse mesh first, then refine where the residual is high");
-    work(
-        &["assemble", "solve", "iterate", "converge"],
-        Duration::from_millis(1_300),
-    )
-    .await;
+    work(&["assemble", "iterate"], Duration::from_millis(800)).await;
+    // A nested agent: its time counts in physics' wall time, not its self time.
+    solver().await;
+}
+
+#[perfmon::track_agent]
+async fn solver() {
+    work(&["factorize", "solve"], Duration::from_millis(500)).await;
+}
+
+/// Background work started without the pipeline's span (see the module docs).
+#[perfmon::track_agent]
+async fn indexer() {
+    tokio::time::sleep(Duration::from_millis(30)).await;
 }
 
 #[perfmon::track_agent]
@@ -150,6 +165,11 @@ async fn pipeline(n: u64, jitter: &mut Jitter) -> Result<(), CodegenError> {
         let _ = task.await;
     }
 
+    if n.is_multiple_of(5) {
+        // Deliberately without `.in_current_span()`: this run loses its pipeline.
+        let _ = tokio::spawn(indexer()).await;
+    }
+
     let fails = jitter.next().is_multiple_of(4);
     generate_code(n, jitter.ms(250, 100), fails).await?;
 
@@ -172,7 +192,16 @@ async fn main() -> ExitCode {
     let monitor = Monitor::builder()
         .process_sampler(Duration::from_secs(1))
         .build();
-    tracing_subscriber::registry().with(monitor.layer()).init();
+    // perfmon's layer sees every span; the log (stderr) shows warnings only,
+    // perfmon's own included, through a filter on the log layer alone.
+    tracing_subscriber::registry()
+        .with(monitor.layer())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        )
+        .init();
 
     let sidecar = match perfmon::ws::Sidecar::builder()
         .bind(&args.bind)
@@ -216,26 +245,28 @@ async fn main() -> ExitCode {
     sidecar.shutdown();
     let overview = monitor.overview();
     println!(
-        "\n{} pipelines ({} failed), {} agent runs, mean pipeline {:.2?}",
+        "\n{} pipelines ({} failed), {} agent runs ({} outside any pipeline), mean pipeline {:.2?}",
         overview.pipelines_total,
         overview.pipelines_failed,
         overview.agent_runs_total,
+        overview.runs_outside_pipeline,
         overview.avg_pipeline_duration
     );
     ExitCode::SUCCESS
 }
 
 fn print_slowest(monitor: &Monitor) {
-    println!("\nslowest agents          runs  fail%      p50      p90      p99");
+    println!("\nslowest agents          runs  fail%      p50      p90      p99 self p50");
     for s in monitor.slowest_agents(6) {
         println!(
-            "  {:<18} {:>6} {:>5.1}% {:>8.1?} {:>8.1?} {:>8.1?}",
+            "  {:<18} {:>6} {:>5.1}% {:>8.1?} {:>8.1?} {:>8.1?} {:>8.1?}",
             s.agent,
             s.runs,
             s.failure_rate * 100.0,
             s.p50,
             s.p90,
-            s.p99
+            s.p99,
+            s.self_p50
         );
     }
 }

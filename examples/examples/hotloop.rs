@@ -15,7 +15,9 @@
 //! (`perfmon::agent` with the layer), `pipeline` (the same inside one
 //! pipeline), `future` (a ready future tracked with `track_agent`, polled
 //! once), `future-registry` (the same future `.instrument`ed, Registry only:
-//! the async baseline), `none` (`perfmon::agent` with no subscriber). See
+//! the async baseline), `nested` (an agent with one agent inside it: two
+//! runs per iteration, and the inner one's time subtracted from the outer
+//! one's self time), `none` (`perfmon::agent` with no subscriber). See
 //! BENCHMARKS.md.
 
 use std::future::Future;
@@ -68,6 +70,13 @@ fn main() {
             }
             drop(pipeline);
         }),
+        "nested" => tracing::dispatcher::with_default(&with_layer(), || {
+            for _ in 0..runs {
+                let outer = perfmon::agent("planner");
+                drop(black_box(perfmon::agent("retrieval")));
+                drop(black_box(outer));
+            }
+        }),
         "future" => tracing::dispatcher::with_default(&with_layer(), || {
             use perfmon::TrackAgentExt;
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -95,7 +104,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown mode {other:?}: registry | perfmon | pipeline | future | future-registry | none"
+                "unknown mode {other:?}: registry | perfmon | pipeline | nested | future | future-registry | none"
             );
             std::process::exit(2);
         }

@@ -5,11 +5,12 @@
 //! ```
 //!
 //! Installs the Prometheus recorder first (per-agent handles are registered
-//! when an agent is first seen), runs two small pipelines and prints the
+//! when an agent is first seen), with perfmon's duration buckets so that
+//! durations render as histograms, runs two small pipelines and prints the
 //! Prometheus text exposition of the `perfmon_*` metrics. In a service you
 //! would serve `handle.render()` on `/metrics`. The `ws` sidecar's own
-//! `/metrics` needs no recorder: it renders the same families from the
-//! monitor's numbers.
+//! `/metrics` needs no recorder: it renders the same families, label sets
+//! and buckets from the monitor's numbers.
 
 use std::time::Duration;
 
@@ -18,7 +19,9 @@ use perfmon::Monitor;
 use tracing_subscriber::prelude::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&perfmon::metrics::DURATION_BUCKETS)?
+        .install_recorder()?;
     let monitor = Monitor::new();
     tracing_subscriber::registry()
         .with(monitor.layer())

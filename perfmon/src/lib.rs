@@ -122,7 +122,7 @@
 
 // Dependency order, bottom to top (no two modules import each other; see
 // README's Architecture section):
-//   outcome, fields, sync → record, analysis, stats, pipeline, metrics, events
+//   outcome, fields, sync, coverage, unseen → record, analysis, stats, pipeline, metrics, events
 //   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws
 mod analysis;
 mod builder;

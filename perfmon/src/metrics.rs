@@ -37,6 +37,16 @@ use crate::outcome::Outcome;
 
 /// Name of the per-agent duration histogram.
 pub const AGENT_DURATION: &str = "perfmon_agent_duration_seconds";
+
+/// Upper bounds, in seconds, of the buckets of the duration histograms the
+/// sidecar's `/metrics` serves: agent runs and pipelines take from
+/// milliseconds (a tool call) to minutes (an LLM chain). Give the same to
+/// `metrics_exporter_prometheus::PrometheusBuilder::set_buckets` so the
+/// facade's render has the same buckets (histograms, which aggregate across
+/// processes, rather than summaries, which do not).
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 /// Name of the per-agent run counter.
 pub const AGENT_RUNS: &str = "perfmon_agent_runs_total";
 /// Name of the pipeline duration histogram.

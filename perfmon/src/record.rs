@@ -172,8 +172,7 @@ impl fmt::Display for PipelineReport {
             self.duration,
             self.total_runs()
         )?;
-        let depth = self.depths();
-        for (run, depth) in self.agents.iter().zip(depth) {
+        for (run, depth) in self.tree_order() {
             // Nested runs are indented under the run they ran inside.
             let indent = 2 + 2 * depth;
             let width = 14usize.saturating_sub(2 * depth);
@@ -235,18 +234,28 @@ impl fmt::Display for PipelineReport {
 }
 
 impl PipelineReport {
-    /// Each stored run's nesting depth (0 for runs not inside another).
-    fn depths(&self) -> Vec<usize> {
-        let mut depths: Vec<usize> = Vec::with_capacity(self.agents.len());
+    /// The stored runs with their nesting depth, each followed by the runs
+    /// nested in it (in start order), so that indentation shows nesting
+    /// even when parallel runs started in between.
+    fn tree_order(&self) -> Vec<(&AgentRun, usize)> {
+        let n = self.agents.len();
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
         for (i, run) in self.agents.iter().enumerate() {
-            // Parents come earlier in start order.
-            let d = match run.parent {
-                Some(p) if p < i => depths[p] + 1,
-                _ => 0,
+            // Parents come earlier in start order; anything else is a root.
+            let slot = match run.parent {
+                Some(p) if p < i => p,
+                _ => n,
             };
-            depths.push(d);
+            children[slot].push(i);
         }
-        depths
+        let mut out = Vec::with_capacity(n);
+        // An explicit stack keeps deep nesting off the call stack.
+        let mut stack: Vec<(usize, usize)> = children[n].iter().rev().map(|&i| (i, 0)).collect();
+        while let Some((i, depth)) = stack.pop() {
+            out.push((&self.agents[i], depth));
+            stack.extend(children[i].iter().rev().map(|&c| (c, depth + 1)));
+        }
+        out
     }
 
     /// The critical path with nesting shown: runs inside a run are in

@@ -5,7 +5,7 @@
 //! Dependency order (no two modules import each other):
 //!
 //! ```text
-//! outcome, fields                      names and encodings
+//! outcome, fields, sync, coverage, unseen   names, encodings, small helpers
 //!   → record, analysis, stats, pipeline, metrics, events   data and the event bus
 //!   → recorder                          this file: the shared state
 //!   → layer, guard, sampler             write into the recorder (hot path)

@@ -25,7 +25,8 @@ pub(crate) fn check(span: &Span) {
 #[inline(never)]
 fn disabled(span: &Span) {
     DISABLED_SPANS.fetch_add(1, Ordering::Relaxed);
-    if WARNED.swap(true, Ordering::Relaxed) {
+    // A load first: after the warning, no write to the shared flag.
+    if WARNED.load(Ordering::Relaxed) || WARNED.swap(true, Ordering::Relaxed) {
         return;
     }
     let (name, target) = span

@@ -299,7 +299,7 @@ async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
     // metrics-exporter-prometheus renders what the `metrics` facade got from
     // the same runs; the sidecar's page must say the same, family by family.
     let exporter = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[0.005, 0.05, 0.5, 5.0])
+        .set_buckets(&perfmon::metrics::DURATION_BUCKETS)
         .unwrap()
         .build_recorder();
     let handle = exporter.handle();

@@ -15,12 +15,8 @@ use crate::stats::OutcomeCell;
 /// `Content-Type` of the text exposition format.
 pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Upper bounds of the duration histograms' buckets, in seconds: agent
-/// runs and pipelines take from milliseconds (a tool call) to minutes (an
-/// LLM chain).
-pub(super) const BUCKETS_SECONDS: [f64; 16] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-];
+/// The duration histograms' bucket bounds, shared with the facade's users.
+const BUCKETS_SECONDS: [f64; 16] = crate::metrics::DURATION_BUCKETS;
 
 /// The whole exposition: every perfmon family with its samples. Families
 /// with no samples yet (no runs, no sampler) are left out.
