@@ -9,21 +9,38 @@
 
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 /// Disjoint pieces kept before the smallest gap is bridged.
 pub(crate) const MAX_PIECES: usize = 64;
+
+/// Pieces kept inline, before the first allocation: a run with up to this
+/// many separate stretches of nested work allocates nothing for them.
+const INLINE_PIECES: usize = 4;
 
 /// A union of half-open intervals `[start, end)`, as offsets from the start
 /// of the enclosing run.
 #[derive(Debug, Default)]
 pub(crate) struct Coverage {
     /// Disjoint, sorted, non-adjacent.
-    pieces: Vec<(Duration, Duration)>,
+    pieces: SmallVec<[(Duration, Duration); INLINE_PIECES]>,
+    /// The pieces' summed length.
+    total: Duration,
 }
 
 impl Coverage {
     /// Adds `[start, end)`; empty intervals add nothing.
     pub(crate) fn add(&mut self, start: Duration, end: Duration) {
         if end <= start {
+            return;
+        }
+        // Fast path: children that ran one after another arrive in order.
+        if self.pieces.last().is_none_or(|&(_, e)| e < start) {
+            self.pieces.push((start, end));
+            self.total += end - start;
+            if self.pieces.len() > MAX_PIECES {
+                self.bridge_smallest_gap();
+            }
             return;
         }
         // First piece that ends at or after `start` (may merge), and first
@@ -35,7 +52,14 @@ impl Coverage {
             lo = lo.min(self.pieces[first].0);
             hi = hi.max(self.pieces[last - 1].1);
         }
-        self.pieces.splice(first..last, [(lo, hi)]);
+        let replaced: Duration = self.pieces[first..last].iter().map(|&(s, e)| e - s).sum();
+        self.total = self.total - replaced + (hi - lo);
+        if first == last {
+            self.pieces.insert(first, (lo, hi));
+        } else {
+            self.pieces[first] = (lo, hi);
+            self.pieces.drain(first + 1..last);
+        }
         if self.pieces.len() > MAX_PIECES {
             self.bridge_smallest_gap();
         }
@@ -47,12 +71,18 @@ impl Coverage {
         else {
             return;
         };
+        self.total += self.pieces[i + 1].0 - self.pieces[i].1;
         self.pieces[i].1 = self.pieces[i + 1].1;
         self.pieces.remove(i + 1);
     }
 
     /// The time covered within `[0, limit)`.
     pub(crate) fn within(&self, limit: Duration) -> Duration {
+        // Fast path: every piece ended within the limit (children that
+        // finished before their parent).
+        if self.pieces.last().is_none_or(|&(_, e)| e <= limit) {
+            return self.total;
+        }
         self.pieces
             .iter()
             .take_while(|&&(s, _)| s < limit)
@@ -80,7 +110,7 @@ mod tests {
         assert_eq!(c.within(ms(100)), ms(60));
         assert_eq!(c.within(ms(75)), ms(55), "clipped at the limit");
         c.add(ms(60), ms(70)); // fills the gap exactly
-        assert_eq!(c.pieces, vec![(ms(10), ms(80))]);
+        assert_eq!(c.pieces.as_slice(), [(ms(10), ms(80))]);
     }
 
     proptest! {

@@ -17,7 +17,7 @@
 //! in `stats` and the per-pipeline state in `pipeline`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -50,6 +50,9 @@ pub(crate) struct Recorder {
     pub(crate) counters: Counters,
     pub(crate) bus: Arc<Bus>,
     active: Mutex<HashMap<u64, Arc<PipelineState>>>,
+    /// `active.len()`, readable without the lock (the hot path asks it
+    /// for runs outside any pipeline).
+    active_len: AtomicUsize,
     recent: Mutex<VecDeque<Arc<PipelineReport>>>,
     next_run: AtomicU64,
     /// The sampler's latest reading, if a sampler runs.
@@ -74,6 +77,7 @@ impl Recorder {
             counters: Counters::default(),
             bus: Arc::new(bus),
             active: Mutex::new(HashMap::new()),
+            active_len: AtomicUsize::new(0),
             recent: Mutex::new(VecDeque::new()),
             next_run: AtomicU64::new(0),
             last_sample: Mutex::new(None),
@@ -139,6 +143,7 @@ impl Recorder {
         let active = {
             let mut active = lock(&self.active);
             active.insert(run, Arc::clone(&state));
+            self.active_len.store(active.len(), Ordering::Relaxed);
             active.len() as u64
         };
         if self.config.metrics {
@@ -157,6 +162,7 @@ impl Recorder {
         let active = {
             let mut active = lock(&self.active);
             active.remove(&state.run);
+            self.active_len.store(active.len(), Ordering::Relaxed);
             active.len() as u64
         };
         let c = &self.counters;
@@ -190,9 +196,9 @@ impl Recorder {
         list
     }
 
-    /// How many pipelines are running now.
+    /// How many pipelines are running now; takes no lock.
     pub(crate) fn active_count(&self) -> usize {
-        lock(&self.active).len()
+        self.active_len.load(Ordering::Relaxed)
     }
 
     /// The running pipeline with this run number.

@@ -204,10 +204,15 @@ struct StatsCell {
     /// One histogram per outcome, in [`Outcome::index`] order: merged for
     /// the percentiles, apart for `/metrics` (a histogram per label set).
     by_outcome: [OutcomeCell; 4],
-    /// Self times, all outcomes together.
-    self_time: OutcomeCell,
-    self_min_ns: u64,
-    self_max_ns: u64,
+    /// Runs with nested runs (self time below wall time): their wall times
+    /// and their self times. Self-time figures are the wall-time ones with
+    /// these wall times swapped for these self times, so a run with nothing
+    /// nested in it (most runs) records one value, not two.
+    nested_wall: OutcomeCell,
+    nested_self: OutcomeCell,
+    /// Exact extremes of `nested_self`, to bound the self-time percentiles.
+    nested_self_min_ns: u64,
+    nested_self_max_ns: u64,
 }
 
 /// Runs of one agent that ended with one outcome.
@@ -255,9 +260,10 @@ impl AgentEntry {
                 min_ns: u64::MAX,
                 max_ns: 0,
                 by_outcome: std::array::from_fn(|_| OutcomeCell::new()),
-                self_time: OutcomeCell::new(),
-                self_min_ns: u64::MAX,
-                self_max_ns: 0,
+                nested_wall: OutcomeCell::new(),
+                nested_self: OutcomeCell::new(),
+                nested_self_min_ns: u64::MAX,
+                nested_self_max_ns: 0,
             }),
             running: AtomicU64::new(0),
             metrics,
@@ -282,9 +288,12 @@ impl AgentEntry {
             cell.min_ns = cell.min_ns.min(ns);
             cell.max_ns = cell.max_ns.max(ns);
             cell.by_outcome[outcome.index()].record(ns);
-            cell.self_time.record(self_ns);
-            cell.self_min_ns = cell.self_min_ns.min(self_ns);
-            cell.self_max_ns = cell.self_max_ns.max(self_ns);
+            if self_ns != ns {
+                cell.nested_wall.record(ns);
+                cell.nested_self.record(self_ns);
+                cell.nested_self_min_ns = cell.nested_self_min_ns.min(self_ns);
+                cell.nested_self_max_ns = cell.nested_self_max_ns.max(self_ns);
+            }
         }
         self.metrics.record(duration, outcome);
     }
@@ -319,15 +328,26 @@ impl AgentEntry {
                 Duration::from_nanos(h.value_at_quantile(q).clamp(min, max))
             }
         };
+        let mut self_hist = merged.clone();
+        // Every value in `nested_wall` was also recorded (clamped the same
+        // way) in `merged`, so the subtraction cannot underflow; both can
+        // only fail on allocation failure, where the self-time percentiles
+        // lose those samples.
+        let _ = self_hist.subtract(&cell.nested_wall.histogram);
+        let _ = self_hist.add(&cell.nested_self.histogram);
+        let self_total_ns = cell.total_ns - cell.nested_wall.total_ns + cell.nested_self.total_ns;
         let q = |q: f64| at(&merged, q, cell.min_ns, cell.max_ns);
-        let self_q = |q: f64| {
-            at(
-                &cell.self_time.histogram,
-                q,
-                cell.self_min_ns,
-                cell.self_max_ns,
-            )
+        // Bounds that hold the exact self times: the smallest is a leaf's
+        // wall time (at least the smallest wall time) or a nested self time;
+        // the largest is at most the largest wall time, and exactly the
+        // largest nested self time when every run had nested runs.
+        let self_min = cell.min_ns.min(cell.nested_self_min_ns);
+        let self_max = if cell.nested_wall.runs == runs {
+            cell.nested_self_max_ns
+        } else {
+            cell.max_ns
         };
+        let self_q = |q: f64| at(&self_hist, q, self_min, self_max);
         let mean = |total: u128| {
             if runs == 0 {
                 Duration::ZERO
@@ -355,11 +375,11 @@ impl AgentEntry {
             p90: q(0.90),
             p99: q(0.99),
             total: nanos_to_duration(cell.total_ns),
-            self_mean: mean(cell.self_time.total_ns),
+            self_mean: mean(self_total_ns),
             self_p50: self_q(0.50),
             self_p90: self_q(0.90),
             self_p99: self_q(0.99),
-            self_total: nanos_to_duration(cell.self_time.total_ns),
+            self_total: nanos_to_duration(self_total_ns),
             running: self.running.load(Ordering::Relaxed),
             outcomes: OutcomeCounts::from_array(cell.by_outcome.each_ref().map(|c| c.runs)),
         }
@@ -430,5 +450,48 @@ impl AgentTable {
 
     pub(crate) fn len(&self) -> usize {
         self.map.load().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Self-time figures, derived from the wall-time histograms with
+        /// the nested runs' values swapped, match the self times directly:
+        /// the total exactly, the percentiles within the histogram's 1%.
+        #[test]
+        fn self_time_percentiles_match_the_self_times(
+            runs in prop::collection::vec((1u64..1_000_000, 0u64..=100), 1..200),
+        ) {
+            let entry = AgentEntry::new(Arc::from("a"), false);
+            let mut selfs = Vec::new();
+            for &(wall_us, self_pct) in &runs {
+                // Half the runs have nothing nested (self = wall).
+                let self_us = if self_pct % 2 == 0 { wall_us } else { wall_us * self_pct / 100 };
+                entry.run_started();
+                entry.run_finished(
+                    Duration::from_micros(wall_us),
+                    Duration::from_micros(self_us),
+                    &Outcome::Succeeded,
+                );
+                selfs.push(Duration::from_micros(self_us));
+            }
+            let stats = entry.stats();
+            prop_assert_eq!(stats.self_total, selfs.iter().sum::<Duration>());
+            selfs.sort();
+            for (q, got) in [(0.5, stats.self_p50), (0.9, stats.self_p90), (0.99, stats.self_p99)] {
+                let rank = ((q * selfs.len() as f64).ceil() as usize).clamp(1, selfs.len());
+                let exact = selfs[rank - 1].as_secs_f64();
+                let got = got.as_secs_f64();
+                prop_assert!(
+                    (got - exact).abs() <= exact * 0.01 + 1e-9,
+                    "q{} got {} exact {}", q, got, exact
+                );
+            }
+        }
     }
 }

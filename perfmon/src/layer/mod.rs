@@ -47,22 +47,31 @@ struct AgentData {
     ticket: Ticket,
     start: quanta::Instant,
     busy: Option<Busy>,
-    outcome: Option<Outcome>,
+    /// Boxed: only runs that did not simply succeed have one, and a small
+    /// `AgentData` moves in and out of the span's extensions without a memcpy call.
+    outcome: Option<Box<Outcome>>,
     /// What the runs nested in this one covered, made when the first opens.
-    children: OnceLock<Arc<Mutex<Coverage>>>,
-    /// The enclosing run's coverage and start, for runs nested in one.
-    parent: Option<(Arc<Mutex<Coverage>>, quanta::Instant)>,
+    children: OnceLock<Arc<Children>>,
+    /// The enclosing run's `children`, for runs nested in one.
+    parent: Option<Arc<Children>>,
     /// Opened outside any pipeline while one was active.
     lost: bool,
 }
 
+/// The runs nested in one run: the time they covered, as offsets from the
+/// enclosing run's start.
+struct Children {
+    start: quanta::Instant,
+    cover: Mutex<Coverage>,
+}
+
 /// Where a new run goes: its pipeline, its parent's slot there, and its
-/// parent run's coverage (with the parent's start).
+/// parent run's `children`.
 #[derive(Default)]
 struct Placement {
     pipeline: Option<Arc<PipelineState>>,
     slot: Option<u32>,
-    parent: Option<(Arc<Mutex<Coverage>>, quanta::Instant)>,
+    parent: Option<Arc<Children>>,
 }
 
 impl AgentData {
@@ -104,10 +113,12 @@ impl Nearest<'_> {
             Nearest::Agent(agent) => Placement {
                 pipeline: agent.pipeline.clone(),
                 slot: agent.slot(),
-                parent: Some((
-                    Arc::clone(agent.children.get_or_init(Default::default)),
-                    agent.start,
-                )),
+                parent: Some(Arc::clone(agent.children.get_or_init(|| {
+                    Arc::new(Children {
+                        start: agent.start,
+                        cover: Mutex::default(),
+                    })
+                }))),
             },
             Nearest::Pipeline(pipeline) => Placement {
                 pipeline: Some(Arc::clone(&pipeline.state)),
@@ -293,17 +304,17 @@ where
             self.busy_open.fetch_sub(1, Ordering::Relaxed);
         }
         let busy = data.busy.and_then(|b| b.entered.then_some(b.total));
-        let outcome = data.outcome.unwrap_or_default();
+        let outcome = data.outcome.map(|o| *o).unwrap_or_default();
         // Self time: wall minus what the runs nested in it covered (those
         // that finished before it did); then this run covers part of its parent.
         let self_time = match data.children.get() {
-            Some(children) => duration.saturating_sub(lock(children).within(duration)),
+            Some(children) => duration.saturating_sub(lock(&children.cover).within(duration)),
             None => duration,
         };
-        if let Some((cover, parent_start)) = &data.parent {
-            lock(cover).add(
-                data.start.saturating_duration_since(*parent_start),
-                end.saturating_duration_since(*parent_start),
+        if let Some(parent) = &data.parent {
+            lock(&parent.cover).add(
+                data.start.saturating_duration_since(parent.start),
+                end.saturating_duration_since(parent.start),
             );
         }
         data.entry.run_finished(duration, self_time, &outcome);
@@ -414,13 +425,13 @@ where
                 let Some(data) = ext.get_mut::<AgentData>() else {
                     return;
                 };
-                data.outcome = match visitor.agent_outcome(data.outcome.take()) {
-                    Ok(outcome) => outcome,
-                    Err(err) => Some(self.unknown_outcome(
+                data.outcome = match visitor.agent_outcome(data.outcome.take().map(|o| *o)) {
+                    Ok(outcome) => outcome.map(Box::new),
+                    Err(err) => Some(Box::new(self.unknown_outcome(
                         &err,
                         Some(Arc::clone(&data.entry.name)),
                         data.pipeline.as_ref().map(|p| Arc::clone(&p.id)),
-                    )),
+                    ))),
                 };
             }
             Kind::Pipeline => {
@@ -555,9 +566,9 @@ where
                     if let Some(data) = ext.get_mut::<AgentData>()
                         && data.outcome.is_none()
                     {
-                        data.outcome = Some(Outcome::Failed {
+                        data.outcome = Some(Box::new(Outcome::Failed {
                             error: error.clone(),
-                        });
+                        }));
                     }
                 }
                 recorder.publish(pipeline_id, at, || EventKind::Error {
