@@ -63,6 +63,12 @@ pub const PROCESS_RSS: &str = "perfmon_process_resident_bytes";
 pub const PROCESS_THREADS: &str = "perfmon_process_threads";
 /// Name of the counter of events the recorder could not queue.
 pub const EVENTS_DROPPED: &str = "perfmon_events_dropped_total";
+/// Name of the counter of perfmon spans a filter disabled (process-wide;
+/// `Overview::spans_filtered`). Rendered by the sidecar's `/metrics`.
+pub const SPANS_FILTERED: &str = "perfmon_spans_filtered_total";
+/// Name of the counter of runs that ended outside any pipeline while one
+/// was active (`Overview::runs_outside_pipeline`). Rendered by the sidecar's `/metrics`.
+pub const RUNS_OUTSIDE_PIPELINE: &str = "perfmon_runs_outside_pipeline_total";
 /// Name of the sidecar's open connections gauge.
 pub const WS_CONNECTIONS_ACTIVE: &str = "perfmon_ws_connections_active";
 /// Name of the sidecar's accepted connections counter.
@@ -182,6 +188,18 @@ pub const FAMILIES: &[Family] = &[
         Kind::Counter,
         Unit::Count,
         "Events the recorder could not queue because the event queue was full.",
+    ),
+    family(
+        SPANS_FILTERED,
+        Kind::Counter,
+        Unit::Count,
+        "perfmon spans a filter disabled (or made with no subscriber), process-wide: not recorded. Enable perfmon=info.",
+    ),
+    family(
+        RUNS_OUTSIDE_PIPELINE,
+        Kind::Counter,
+        Unit::Count,
+        "Agent runs that ended outside any pipeline while one was active (lost their pipeline).",
     ),
     family(
         WS_CONNECTIONS_ACTIVE,

@@ -379,6 +379,8 @@ async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
         r#"perfmon_agent_runs_total{agent="codegen",outcome="failed"} 1"#,
         r#"perfmon_agent_duration_seconds_bucket{agent="physics",outcome="succeeded",le="0.05"} 1"#,
         r#"perfmon_pipeline_duration_seconds_count{outcome="failed"} 1"#,
+        "# TYPE perfmon_spans_filtered_total counter",
+        "perfmon_runs_outside_pipeline_total 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -53,6 +53,8 @@ pub(super) fn render(monitor: &Monitor, ws: &StatsSnapshot) -> String {
         (metrics::PIPELINES_TOTAL, o.pipelines_total),
         (metrics::PIPELINES_ACTIVE, o.pipelines_active),
         (metrics::EVENTS_DROPPED, o.events_dropped),
+        (metrics::SPANS_FILTERED, o.spans_filtered),
+        (metrics::RUNS_OUTSIDE_PIPELINE, o.runs_outside_pipeline),
     ] {
         write_family(&mut out, name, &sample(name, &[], value as f64));
     }
