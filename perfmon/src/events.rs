@@ -83,6 +83,8 @@ pub enum EventKind {
         agent: Arc<str>,
         /// The pipeline's run number, if inside one.
         run: Option<u64>,
+        /// The agent whose run this one is nested in, if any.
+        parent: Option<Arc<str>>,
     },
     /// `perfmon::progress!` inside an agent.
     AgentProgress {

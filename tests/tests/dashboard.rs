@@ -136,8 +136,8 @@ fn dispatch(monitor: &Monitor) -> tracing::Dispatch {
     tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()))
 }
 
-/// planner → physics (the bottleneck; reports 50% and a thought, then waits
-/// for `release` if given; runs `solver` inside it) → geometry → codegen,
+/// planner → physics (the bottleneck; reports 50% and a thought, runs
+/// `solver` inside it, then waits for `release` if given) → geometry → codegen,
 /// which fails when `fail`. While it runs, an `indexer` on another thread
 /// runs outside it (lost); when it fails, a `straggler` is still running.
 fn scripted(
@@ -164,12 +164,14 @@ fn scripted(
                 let _a = perfmon::agent("physics");
                 perfmon::progress!(percent = 50.0, stage = "solving");
                 perfmon::thought!("trying a finer mesh");
+                {
+                    let _solver = perfmon::agent("solver");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 if let Some(release) = release {
                     let _ = release.recv_timeout(Duration::from_secs(60));
                 }
                 std::thread::sleep(Duration::from_millis(300));
-                let _solver = perfmon::agent("solver");
-                std::thread::sleep(Duration::from_millis(100));
             }
             {
                 let _a = perfmon::agent("geometry");
@@ -263,6 +265,15 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
         &client,
         "the thought in the log",
         r##"document.querySelector("#log").textContent.includes("trying a finer mesh")"##,
+    )
+    .await;
+    // Live (the pipeline still running), solver is drawn nested under physics.
+    until(
+        &client,
+        "solver nested under the running physics in the live timeline",
+        r##"document.querySelector("#timeline-outcome")?.textContent === "running"
+           && document.querySelector('#gantt g.run[data-agent="solver"]')?.dataset.depth === "1"
+           && document.querySelector('#gantt g.run[data-agent="solver"]').previousElementSibling?.dataset.agent === "physics""##,
     )
     .await;
     release.send(()).unwrap();

@@ -116,6 +116,59 @@ fn events_serialize_to_the_wire_shape() {
     assert_eq!(stats[0]["failure_rate"], 1.0);
     let overview = serde_json::to_value(monitor.overview()).expect("serializable");
     assert_eq!(overview["pipelines_total"], 1);
+    assert!(
+        overview["spans_filtered"].is_u64(),
+        "process-wide, so only its presence"
+    );
+    assert_eq!(overview["runs_outside_pipeline"], 0);
+}
+
+#[test]
+fn nested_runs_name_their_parent_live_and_carry_self_time() {
+    let (monitor, clock, _g) = mocked();
+    let mut sub = monitor.subscribe();
+    let pipeline = monitor.start_pipeline("nest");
+    {
+        let _outer = perfmon::agent("physics");
+        clock.advance(ms(5));
+        let _inner = perfmon::agent("solver");
+        clock.advance(ms(20));
+    }
+    drop(pipeline);
+    let events = drain(&mut sub, |e| e.type_name() == "pipeline_completed");
+    let json: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(e).expect("serializable"))
+        .collect();
+    let started: Vec<_> = json
+        .iter()
+        .filter(|e| e["type"] == "agent_started")
+        .map(|e| (e["data"]["agent"].clone(), e["data"]["parent"].clone()))
+        .collect();
+    assert_eq!(
+        started,
+        [
+            (serde_json::json!("physics"), serde_json::Value::Null),
+            (serde_json::json!("solver"), serde_json::json!("physics"))
+        ]
+    );
+    let completed: Vec<_> = json
+        .iter()
+        .filter(|e| e["type"] == "agent_completed")
+        .map(|e| {
+            (
+                e["data"]["agent"].clone(),
+                e["data"]["self_time_ms"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        completed,
+        [
+            (serde_json::json!("solver"), serde_json::json!(20.0)),
+            (serde_json::json!("physics"), serde_json::json!(5.0))
+        ]
+    );
 }
 
 #[test]

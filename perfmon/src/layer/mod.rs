@@ -61,6 +61,8 @@ struct AgentData {
 /// The runs nested in one run: the time they covered, as offsets from the
 /// enclosing run's start.
 struct Children {
+    /// The enclosing run's agent and start.
+    agent: Arc<str>,
     start: quanta::Instant,
     cover: Mutex<Coverage>,
 }
@@ -115,6 +117,7 @@ impl Nearest<'_> {
                 slot: agent.slot(),
                 parent: Some(Arc::clone(agent.children.get_or_init(|| {
                     Arc::new(Children {
+                        agent: Arc::clone(&agent.entry.name),
                         start: agent.start,
                         cover: Mutex::default(),
                     })
@@ -271,6 +274,7 @@ where
             EventKind::AgentStarted {
                 agent: Arc::clone(&entry.name),
                 run: pipeline.as_ref().map(|p| p.run),
+                parent: parent.as_ref().map(|c| Arc::clone(&c.agent)),
             }
         });
         span.extensions_mut().insert(AgentData {
