@@ -147,6 +147,8 @@ pub struct Overview {
     /// perfmon spans (agents and pipelines, from guards, futures and the
     /// macros) that a filter disabled, or that were made with no subscriber
     /// installed, in this whole process: perfmon recorded nothing for them.
+    /// Threads add to it in batches of 64 (the first one at once), so it
+    /// can lag by up to 63 per thread; it is never 0 after one happened.
     /// Above 0, enable [`FILTER_DIRECTIVE`](crate::FILTER_DIRECTIVE) in
     /// your filter (a `WARN` event from target `perfmon` said so once).
     pub spans_filtered: u64,

@@ -2,13 +2,28 @@
 //! filter rejected them, or no subscriber was installed). Counted
 //! process-wide, because a disabled span never reaches any monitor, and
 //! warned about once, with the fix.
+//!
+//! A program that filters perfmon out on purpose makes every perfmon span
+//! disabled, on every thread: counting each in one shared atomic would make
+//! the threads fight over its cache line. Each thread counts in a
+//! thread-local and adds to the shared count in batches of [`BATCH`]; the
+//! first disabled span in the process is added at once, so the count is
+//! never 0 after one happened. It can lag by up to `BATCH - 1` per thread.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tracing::Span;
 
 static DISABLED_SPANS: AtomicU64 = AtomicU64::new(0);
 static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Disabled spans a thread counts before adding them to the shared count.
+const BATCH: u64 = 64;
+
+thread_local! {
+    static UNCOUNTED: Cell<u64> = const { Cell::new(0) };
+}
 
 /// The filter directive that enables every span and event perfmon makes.
 pub const FILTER_DIRECTIVE: &str = "perfmon=info";
@@ -24,7 +39,24 @@ pub(crate) fn check(span: &Span) {
 #[cold]
 #[inline(never)]
 fn disabled(span: &Span) {
-    DISABLED_SPANS.fetch_add(1, Ordering::Relaxed);
+    // After thread exit (a span made in a thread-local's destructor) the
+    // local is gone: count it directly.
+    let pending = UNCOUNTED
+        .try_with(|n| {
+            let pending = n.get() + 1;
+            if pending >= BATCH || DISABLED_SPANS.load(Ordering::Relaxed) == 0 {
+                n.set(0);
+                pending
+            } else {
+                n.set(pending);
+                0
+            }
+        })
+        .unwrap_or(1);
+    if pending == 0 {
+        return;
+    }
+    DISABLED_SPANS.fetch_add(pending, Ordering::Relaxed);
     // A load first: after the warning, no write to the shared flag.
     if WARNED.load(Ordering::Relaxed) || WARNED.swap(true, Ordering::Relaxed) {
         return;

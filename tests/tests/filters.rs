@@ -51,13 +51,17 @@ fn an_agent() {}
 
 /// Runs `a_pipeline` under `filter` (a global filter, as `EnvFilter` in a
 /// registry or `fmt().with_env_filter(..)` is) and returns the monitor.
-fn run_under(filter: &str, warnings: &Warnings) -> Monitor {
+fn run_under(filter: &str, warnings: &Warnings, times: usize) -> Monitor {
     let monitor = Monitor::builder().metrics(false).build();
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::new(filter))
         .with(warnings.clone())
         .with(monitor.layer());
-    tracing::subscriber::with_default(subscriber, a_pipeline);
+    tracing::subscriber::with_default(subscriber, || {
+        for _ in 0..times {
+            a_pipeline();
+        }
+    });
     monitor
 }
 
@@ -66,10 +70,11 @@ fn a_global_filter_that_hides_perfmon_is_counted_and_warned_about_once() {
     let warnings = Warnings::default();
 
     // RUST_LOG=warn: nothing perfmon makes is enabled.
-    let monitor = run_under("warn", &warnings);
+    let monitor = run_under("warn", &warnings, 1);
     let o = monitor.overview();
     assert_eq!((o.pipelines_total, o.agent_runs_total), (0, 0));
-    assert!(o.spans_filtered >= 3, "{o:?}");
+    // The first one counts at once; the rest in per-thread batches of 64.
+    assert!(o.spans_filtered >= 1, "{o:?}");
     let said = warnings.take();
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains(perfmon::FILTER_DIRECTIVE), "{}", said[0]);
@@ -79,15 +84,15 @@ fn a_global_filter_that_hides_perfmon_is_counted_and_warned_about_once() {
     // like the guards', so they are not half recorded (agents without
     // their pipeline); all are counted, and the warning is not repeated.
     let before = o.spans_filtered;
-    let monitor = run_under("filters=debug", &warnings);
+    let monitor = run_under("filters=debug", &warnings, 100);
     let o = monitor.overview();
     assert_eq!((o.pipelines_total, o.agent_runs_total), (0, 0));
-    assert!(o.spans_filtered >= before + 3, "{o:?}");
+    assert!(o.spans_filtered >= before + 300 - 63, "{o:?}");
     assert_eq!(warnings.take(), Vec::<String>::new());
 
     // The documented directive enables all of them, macros included.
     let before = o.spans_filtered;
-    let monitor = run_under(&format!("warn,{}", perfmon::FILTER_DIRECTIVE), &warnings);
+    let monitor = run_under(&format!("warn,{}", perfmon::FILTER_DIRECTIVE), &warnings, 1);
     let o = monitor.overview();
     assert_eq!((o.pipelines_total, o.agent_runs_total), (1, 2));
     assert_eq!(o.spans_filtered, before);
