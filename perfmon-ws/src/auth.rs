@@ -34,8 +34,7 @@ impl<'a> Access<'a> {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         // Parsed as axum's `Query` does; a malformed query carries no token.
         let query_token = query
             .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
@@ -58,6 +57,16 @@ impl<'a> Access<'a> {
     pub fn token(&self) -> Option<&str> {
         self.bearer.or(self.query_token.as_deref())
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 7235 §2.1); any other scheme gives `None`.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Decodes `%XX` escapes and `+` in a URL query value or path segment.
@@ -164,5 +173,15 @@ mod tests {
             !format!("{:?}", Access::from_request(&headers, Some("token=s3cret")))
                 .contains("s3cret")
         );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer t0k", "bearer t0k", "BEARER   t0k ", " Bearer t0k"] {
+            assert_eq!(bearer_token(value), Some("t0k"), "{value:?}");
+        }
+        for value in ["Basic dXNlcg==", "Bearer", "Bearer ", "Bearert0k", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

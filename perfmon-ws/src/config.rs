@@ -42,8 +42,17 @@ pub struct Config {
     pub stall_limit: Duration,
     /// Who may connect; `None` lets everyone in.
     pub authorizer: Option<Arc<dyn Authorizer>>,
-    /// Allowed `Origin` headers (browsers); `None` allows any.
+    /// `Origin`s allowed besides the server's own (browsers send `Origin`
+    /// on WebSocket upgrades and cross-origin requests). Default `None`:
+    /// only pages served by this server may connect, so a page on another
+    /// site cannot read a loopback sidecar. `Some(vec!["*".into()])` allows any.
     pub allowed_origins: Option<Vec<String>>,
+    /// Host names accepted in the `Host` header besides the bound address
+    /// (its IP, `localhost` on loopback, any IP literal when bound to all
+    /// interfaces), with any port: the names a reverse proxy or DNS gives
+    /// the sidecar. Default empty, which refuses DNS rebinding; `"*"` turns
+    /// the check off.
+    pub allowed_hosts: Vec<String>,
     /// The page served at `GET /`, if any.
     pub index_html: Option<&'static str>,
     /// Offer the subprotocol `perfmon.v1.deflate` (compressed frames) to
@@ -59,6 +68,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("authorizer", &self.authorizer.as_ref().map(|_| "(set)"))
             .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +89,7 @@ impl Default for Config {
             stall_limit: Duration::from_secs(10),
             authorizer: None,
             allowed_origins: None,
+            allowed_hosts: Vec::new(),
             index_html: None,
             compression: false,
         }
@@ -125,6 +136,8 @@ setters! {
     stall_limit: Duration,
     /// Sets [`Config::allowed_origins`].
     allowed_origins: Option<Vec<String>>,
+    /// Sets [`Config::allowed_hosts`].
+    allowed_hosts: Vec<String>,
     /// Sets [`Config::index_html`].
     index_html: Option<&'static str>,
     /// Sets [`Config::compression`].

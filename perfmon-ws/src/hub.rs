@@ -26,7 +26,7 @@
 //! what is new and releases it, then takes 3 again: never 1 while holding 3.
 //! `stats_snapshot` takes 2, then each 3 in turn.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -100,12 +100,13 @@ pub fn item(
 pub struct Filter {
     /// Fixed by the URL (`/ws/{topic}`); `None` for `/ws`.
     pub room: Option<String>,
-    /// `subscribe {pipelines}`.
-    pub topics: Vec<String>,
+    /// `subscribe {pipelines}`. Sets: a lookup per item and an update per
+    /// name cost O(log n), whatever sizes a client sends.
+    pub topics: BTreeSet<String>,
     /// `subscribe {types}`.
-    pub kinds: Vec<String>,
+    pub kinds: BTreeSet<String>,
     /// `subscribe {agents}`.
-    pub tags: Vec<String>,
+    pub tags: BTreeSet<String>,
 }
 
 impl Filter {
@@ -117,8 +118,8 @@ impl Filter {
         {
             return false;
         }
-        let in_list = |list: &[String], value: Option<&str>| {
-            list.is_empty() || value.is_some_and(|v| list.iter().any(|x| x == v))
+        let in_list = |list: &BTreeSet<String>, value: Option<&str>| {
+            list.is_empty() || value.is_some_and(|v| list.contains(v))
         };
         in_list(&self.topics, topic)
             && in_list(&self.kinds, Some(&item.kind))
@@ -356,8 +357,9 @@ impl Queue {
         lock(&self.inner).stalled_since.map(|t| t.elapsed())
     }
 
-    pub(crate) fn update_filter(&self, f: impl FnOnce(&mut Filter)) {
-        f(&mut lock(&self.inner).filter);
+    /// Replaces the filter (built by the caller outside the lock).
+    pub(crate) fn set_filter(&self, filter: Filter) {
+        lock(&self.inner).filter = filter;
     }
 
     pub(crate) fn filter(&self) -> Filter {

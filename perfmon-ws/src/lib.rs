@@ -34,7 +34,7 @@
 //! ```
 
 // Dependency order, bottom to top (no two modules import each other):
-//   stats, auth, config, backend → protocol, hub → shared → connection
+//   stats, auth, config, backend, site → protocol, hub → shared → connection
 //   → routes → server;  client stands alone (it uses only protocol).
 mod auth;
 mod backend;
@@ -46,6 +46,7 @@ pub mod protocol;
 mod routes;
 mod server;
 mod shared;
+mod site;
 mod stats;
 
 pub use auth::{Access, AuthError, Authorizer, BearerToken, percent_decode};

@@ -1,6 +1,8 @@
 //! Protocol `perfmon.v1`: what clients send, and the server's own messages.
 //! Every message is a JSON object with a `"type"`. See PROTOCOL.md.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::stats::StatsSnapshot;
@@ -13,6 +15,37 @@ pub const PROTOCOL: &str = "perfmon.v1";
 /// inflates it with `new DecompressionStream("deflate")`). Client messages
 /// stay JSON text.
 pub const PROTOCOL_DEFLATE: &str = "perfmon.v1.deflate";
+
+/// The subprotocol to answer a `Sec-WebSocket-Protocol` request with:
+/// the first of `offered` (the server's preference order) that the client
+/// listed. `Ok(None)` when the client listed none (plain WebSocket);
+/// `Err` when it listed some and none is offered: the handshake is refused
+/// (a browser would fail it anyway), with a message that says what to ask for.
+///
+/// # Errors
+///
+/// The client's list, for the refusal's message.
+pub fn negotiate(
+    requested: Option<&str>,
+    offered: &[&'static str],
+) -> Result<Option<&'static str>, String> {
+    let Some(requested) = requested else {
+        return Ok(None);
+    };
+    let listed: Vec<&str> = requested
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if listed.is_empty() {
+        return Ok(None);
+    }
+    offered
+        .iter()
+        .find(|o| listed.contains(o))
+        .map(|o| Some(*o))
+        .ok_or_else(|| listed.join(", "))
+}
 
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -126,9 +159,9 @@ pub(crate) enum ServerMessage<'a> {
     /// The connection's filter after `subscribe` / `unsubscribe`.
     Subscribed {
         room: Option<&'a str>,
-        pipelines: &'a [String],
-        types: &'a [String],
-        agents: &'a [String],
+        pipelines: &'a BTreeSet<String>,
+        types: &'a BTreeSet<String>,
+        agents: &'a BTreeSet<String>,
     },
     /// The server's counters (`get_metrics`).
     Metrics { data: &'a StatsSnapshot },
@@ -165,6 +198,41 @@ pub(crate) fn batch<'a>(events: impl ExactSizeIterator<Item = &'a str>) -> Strin
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn subprotocols_are_chosen_in_the_servers_order_or_refused() {
+        let both = [PROTOCOL_DEFLATE, PROTOCOL];
+        assert_eq!(negotiate(None, &both), Ok(None));
+        assert_eq!(negotiate(Some(" "), &both), Ok(None));
+        assert_eq!(
+            negotiate(Some("perfmon.v1, perfmon.v1.deflate"), &both),
+            Ok(Some(PROTOCOL_DEFLATE))
+        );
+        assert_eq!(
+            negotiate(Some("perfmon.v1.deflate"), &[PROTOCOL]),
+            Err("perfmon.v1.deflate".into())
+        );
+        assert_eq!(
+            negotiate(Some("perfmon.v1.deflate,perfmon.v1"), &[PROTOCOL]),
+            Ok(Some(PROTOCOL))
+        );
+        assert_eq!(
+            negotiate(Some("graphql-ws"), &[PROTOCOL]),
+            Err("graphql-ws".into())
+        );
+    }
+
+    proptest::proptest! {
+        /// Any header value: an answer that is offered and was asked for, or a refusal.
+        #[test]
+        fn any_subprotocol_list_gets_an_answer(value in ".{0,60}", deflate in proptest::bool::ANY) {
+            let offered: &[&'static str] = if deflate { &[PROTOCOL_DEFLATE, PROTOCOL] } else { &[PROTOCOL] };
+            if let Ok(Some(p)) = negotiate(Some(&value), offered) {
+                proptest::prop_assert!(offered.contains(&p));
+                proptest::prop_assert!(value.split(',').any(|v| v.trim() == p));
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

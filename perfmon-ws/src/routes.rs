@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -40,29 +40,25 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Auth and origin checks, before routing (and so before any upgrade).
-/// `/healthz` and the page at `/` are open: they carry no data, and the page
-/// must load to ask for the token.
+/// Host, origin and auth checks, before routing (and so before any
+/// upgrade). `/healthz` is open. The page at `/` passes the Host check (no
+/// DNS rebinding) but needs no token: it carries no data, and must load to
+/// ask for the token.
 async fn guard(
     State(shared): State<Arc<Shared>>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path == "/" {
+    if path == "/healthz" {
         return next.run(req).await;
     }
-    if let (Some(allowed), Some(origin)) = (
-        &shared.config.allowed_origins,
-        req.headers().get(header::ORIGIN),
-    ) {
-        let ok = origin
-            .to_str()
-            .is_ok_and(|o| allowed.iter().any(|a| a == o));
-        if !ok {
-            shared.hub.stats.connection_refused(1);
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
+    if let Err(refused) = check_site(&shared, req.headers()) {
+        shared.hub.stats.connection_refused(1);
+        return (StatusCode::FORBIDDEN, refused.to_string()).into_response();
+    }
+    if path == "/" {
+        return next.run(req).await;
     }
     if let Some(authorizer) = &shared.config.authorizer {
         let access = Access::from_request(req.headers(), req.uri().query());
@@ -77,6 +73,16 @@ async fn guard(
         }
     }
     next.run(req).await
+}
+
+/// The Host and Origin checks. A value that is not text cannot name this
+/// server: it is checked as the replacement character, and refused.
+fn check_site(
+    shared: &Shared,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), crate::site::Refused> {
+    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    shared.site.check(text(header::HOST), text(header::ORIGIN))
 }
 
 async fn index(State(shared): State<Arc<Shared>>) -> Response {
@@ -113,23 +119,26 @@ struct WsQuery {
 
 async fn ws_all(
     ws: WebSocketUpgrade,
+    headers: HeaderMap,
     Query(q): Query<WsQuery>,
     State(shared): State<Arc<Shared>>,
 ) -> Response {
-    upgrade(ws, q, shared, None)
+    upgrade(ws, &headers, q, shared, None)
 }
 
 async fn ws_room(
     ws: WebSocketUpgrade,
+    headers: HeaderMap,
     Path(topic): Path<String>,
     Query(q): Query<WsQuery>,
     State(shared): State<Arc<Shared>>,
 ) -> Response {
-    upgrade(ws, q, shared, Some(topic))
+    upgrade(ws, &headers, q, shared, Some(topic))
 }
 
 fn upgrade(
     ws: WebSocketUpgrade,
+    headers: &HeaderMap,
     q: WsQuery,
     shared: Arc<Shared>,
     room: Option<String>,
@@ -149,10 +158,27 @@ fn upgrade(
     } else {
         &[protocol::PROTOCOL]
     };
-    let ws = ws.protocols(offered.iter().copied());
-    let compressed = ws
-        .selected_protocol()
-        .is_some_and(|p| p == protocol::PROTOCOL_DEFLATE);
+    let requested = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let chosen =
+        match protocol::negotiate(requested, offered) {
+            Ok(chosen) => chosen,
+            Err(asked) => {
+                shared.hub.stats.connection_refused(1);
+                return (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "none of the subprotocols asked for ({asked}) is offered here; offered: {}{}",
+                    offered.join(", "),
+                    if c.compression { "" } else { " (compression is off on this server)" }
+                ),
+            )
+                .into_response();
+            }
+        };
+    let ws = ws.protocols(chosen);
+    let compressed = chosen == Some(protocol::PROTOCOL_DEFLATE);
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)

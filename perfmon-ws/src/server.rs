@@ -68,7 +68,13 @@ impl Server {
         let addr = listener.local_addr().map_err(listener_error)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(listener_error)?;
         let (stop, shutdown) = watch::channel(false);
-        let shared = Arc::new(Shared::new(Arc::clone(&hub), backend, config, shutdown));
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&hub),
+            backend,
+            config,
+            addr,
+            shutdown,
+        ));
         let app = routes::router(Arc::clone(&shared));
         let mut until = shared.shutdown.clone();
         let task = tokio::spawn(async move {

@@ -8,12 +8,15 @@ use tokio::sync::{Notify, watch};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::site::Site;
 
 /// The state of one running server, shared by its routes and connections.
 pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) config: Config,
+    /// The Host and Origin rules, from the bound address and `config`.
+    pub(crate) site: Site,
     /// Becomes `true` when the server shuts down.
     pub(crate) shutdown: watch::Receiver<bool>,
     sessions: AtomicU64,
@@ -36,12 +39,19 @@ impl Shared {
         hub: Arc<Hub>,
         backend: Arc<dyn Backend>,
         config: Config,
+        bound: std::net::SocketAddr,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let site = Site {
+            bound,
+            allowed_hosts: config.allowed_hosts.clone(),
+            allowed_origins: config.allowed_origins.clone().unwrap_or_default(),
+        };
         Shared {
             hub,
             backend,
             config,
+            site,
             shutdown,
             sessions: AtomicU64::new(0),
             open: AtomicUsize::new(0),

@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -21,7 +21,70 @@ pub struct Stats {
     rate_limited: AtomicU64,
     errors: AtomicU64,
     slow_disconnects: AtomicU64,
-    latency: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    latency: Mutex<LatencyWindow>,
+}
+
+/// Latencies above this (µs) are clamped: one hour.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// How long a latency sample counts: the figures cover the last one to two
+/// windows, so one slow moment fades instead of staying in p99 for good.
+const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+
+/// Two histograms, the current window's and the one before; the figures
+/// merge both.
+#[derive(Debug, Default)]
+struct LatencyWindow {
+    current: Option<hdrhistogram::Histogram<u64>>,
+    previous: Option<hdrhistogram::Histogram<u64>>,
+    started: Option<Instant>,
+}
+
+impl LatencyWindow {
+    fn rotate(&mut self, now: Instant) {
+        let started = *self.started.get_or_insert(now);
+        let age = now.saturating_duration_since(started);
+        if age >= 2 * LATENCY_WINDOW {
+            self.previous = None;
+            self.current = None;
+            self.started = Some(now);
+        } else if age >= LATENCY_WINDOW {
+            self.previous = self.current.take();
+            self.started = Some(now);
+        }
+    }
+
+    fn record(&mut self, now: Instant, micros: u64) {
+        self.rotate(now);
+        let h = self.current.get_or_insert_with(|| {
+            // UNWRAP: 1 µs .. 1 h at 2 significant digits is a valid configuration.
+            #[allow(clippy::unwrap_used)]
+            hdrhistogram::Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).unwrap()
+        });
+        // Cannot fail: the value is clamped into the bounds.
+        let _ = h.record(micros);
+    }
+
+    /// (p50, p99) in milliseconds over the current and previous windows.
+    fn quantiles(&mut self, now: Instant) -> (f64, f64) {
+        self.rotate(now);
+        let mut merged = match (&self.current, &self.previous) {
+            (None, None) => return (0.0, 0.0),
+            (Some(h), _) | (None, Some(h)) => h.clone(),
+        };
+        if let (Some(_), Some(previous)) = (&self.current, &self.previous) {
+            // Same bounds and precision: adding cannot fail.
+            let _ = merged.add(previous);
+        }
+        (
+            merged.value_at_quantile(0.5) as f64 / 1e3,
+            merged.value_at_quantile(0.99) as f64 / 1e3,
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -54,9 +117,10 @@ pub struct StatsSnapshot {
     /// event right now: they will be told what they lost (`dropped`) when
     /// their writer catches up, or be closed if they stay stalled.
     pub connections_behind: u64,
-    /// Publish → write latency, median, in milliseconds.
+    /// Publish → write latency of live events (not replays or resumes),
+    /// median, in milliseconds, over the last one to two minutes.
     pub latency_p50_ms: f64,
-    /// Publish → write latency, 99th percentile, in milliseconds.
+    /// The same, 99th percentile.
     pub latency_p99_ms: f64,
 }
 
@@ -93,37 +157,16 @@ impl Stats {
     }
 
     pub(crate) fn latency(&self, d: Duration) {
-        let mut h = self
-            .latency
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let h = h.get_or_insert_with(|| {
-            // UNWRAP: 1 µs .. 1 h at 2 significant digits is a valid configuration.
-            #[allow(clippy::unwrap_used)]
-            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap()
-        });
-        let _ = h.record(
-            u64::try_from(d.as_micros())
-                .unwrap_or(u64::MAX)
-                .clamp(1, 3_600_000_000),
-        );
+        let micros = u64::try_from(d.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, LATENCY_MAX_US);
+        lock(&self.latency).record(Instant::now(), micros);
     }
 
     /// A copy of every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (p50, p99) = {
-            let h = self
-                .latency
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            h.as_ref().map_or((0.0, 0.0), |h| {
-                (
-                    h.value_at_quantile(0.5) as f64 / 1e3,
-                    h.value_at_quantile(0.99) as f64 / 1e3,
-                )
-            })
-        };
+        let (p50, p99) = lock(&self.latency).quantiles(Instant::now());
         StatsSnapshot {
             connections_active: get(&self.connections_active),
             connections_total: get(&self.connections_total),
@@ -140,5 +183,30 @@ impl Stats {
             latency_p50_ms: p50,
             latency_p99_ms: p99,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_figures_cover_a_moving_window() {
+        let t0 = Instant::now();
+        let mut w = LatencyWindow::default();
+        w.record(t0, 5_000_000); // one 5 s outlier
+        for _ in 0..10 {
+            w.record(t0, 1_000);
+        }
+        assert!(w.quantiles(t0).1 >= 4_900.0, "the outlier is in p99 now");
+        let later = t0 + LATENCY_WINDOW + Duration::from_secs(1);
+        w.record(later, 1_000);
+        assert!(w.quantiles(later).1 >= 4_900.0, "and for one more window");
+        let much_later = later + LATENCY_WINDOW + Duration::from_secs(1);
+        w.record(much_later, 1_000);
+        let (p50, p99) = w.quantiles(much_later);
+        assert!(p99 < 2.0 && p50 < 2.0, "then it is gone: {p50} {p99}");
+        let idle = much_later + 3 * LATENCY_WINDOW;
+        assert_eq!(w.quantiles(idle), (0.0, 0.0), "nothing recent: no figure");
     }
 }

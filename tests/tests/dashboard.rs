@@ -261,6 +261,15 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
     )
     .await;
     assert_eq!(percent, json!("solving"), "the stage shows under the bar");
+    // An inline icon: no request for /favicon.ico, so no 404 in the console.
+    assert_eq!(
+        js(
+            &client,
+            r##"document.querySelector('link[rel="icon"]')?.href.startsWith("data:image/svg+xml")"##
+        )
+        .await,
+        json!(true)
+    );
     until(
         &client,
         "the thought in the log",

@@ -1,6 +1,7 @@
 //! Client commands (`ping`, `subscribe`, `replay`, ...): what to answer,
 //! and what to replay.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::hub::{Filter, Item, Queue, Replay};
@@ -72,35 +73,39 @@ pub(crate) fn handle(shared: &Shared, queue: &Queue, text: &str) -> Handled {
             types,
             agents,
         }) => {
-            queue.update_filter(|f| {
-                if let Some(p) = pipelines {
-                    f.topics = p;
-                }
-                if let Some(t) = types {
-                    f.kinds = t;
-                }
-                if let Some(a) = agents {
-                    f.tags = a;
-                }
-            });
-            Handled::reply(subscribed(&queue.filter()))
+            // Built outside the queue's lock, then swapped in.
+            let mut f = queue.filter();
+            if let Some(p) = pipelines {
+                f.topics = p.into_iter().collect();
+            }
+            if let Some(t) = types {
+                f.kinds = t.into_iter().collect();
+            }
+            if let Some(a) = agents {
+                f.tags = a.into_iter().collect();
+            }
+            let reply = subscribed(&f);
+            queue.set_filter(f);
+            Handled::reply(reply)
         }
         Command::Unsubscribe(Lists {
             pipelines,
             types,
             agents,
         }) => {
-            queue.update_filter(|f| {
-                let remove = |list: &mut Vec<String>, gone: Option<Vec<String>>| {
-                    if let Some(gone) = gone {
-                        list.retain(|x| !gone.contains(x));
-                    }
-                };
-                remove(&mut f.topics, pipelines);
-                remove(&mut f.kinds, types);
-                remove(&mut f.tags, agents);
-            });
-            Handled::reply(subscribed(&queue.filter()))
+            // O(n log n) in the names sent, outside the queue's lock.
+            let mut f = queue.filter();
+            let remove = |set: &mut BTreeSet<String>, gone: Option<Vec<String>>| {
+                for name in gone.into_iter().flatten() {
+                    set.remove(&name);
+                }
+            };
+            remove(&mut f.topics, pipelines);
+            remove(&mut f.kinds, types);
+            remove(&mut f.tags, agents);
+            let reply = subscribed(&f);
+            queue.set_filter(f);
+            Handled::reply(reply)
         }
         Command::Replay { since } => {
             let replay = shared.hub.replay(since);

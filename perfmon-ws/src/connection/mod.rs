@@ -84,6 +84,7 @@ pub(crate) async fn serve(
             control: control_rx,
             announcements,
             compressed,
+            live: writer::Live::now(),
         }
         .run(),
     );
@@ -142,7 +143,13 @@ pub(crate) mod test_support {
     ) -> (Arc<Shared>, tokio::sync::watch::Sender<bool>) {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         (
-            Arc::new(Shared::new(hub, Arc::new(NoBackend), config, shutdown)),
+            Arc::new(Shared::new(
+                hub,
+                Arc::new(NoBackend),
+                config,
+                ([127, 0, 0, 1], 0).into(),
+                shutdown,
+            )),
             stop,
         )
     }

@@ -37,6 +37,35 @@ pub(crate) struct Writer<S> {
     pub(crate) announcements: watch::Receiver<u64>,
     /// Frames go out zlib-compressed, as binary (`perfmon.v1.deflate`).
     pub(crate) compressed: bool,
+    /// Which items count for publish→send latency.
+    pub(crate) live: Live,
+}
+
+/// Publish→send latency is about live events only: an item counts if it
+/// was published after this connection started and has a seq above every
+/// item sent before (a resume's or a `replay`'s items are old news, and
+/// their age says nothing about the server's speed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Live {
+    since: Instant,
+    highest_sent: u64,
+}
+
+impl Live {
+    /// Counting from now.
+    pub(crate) fn now() -> Self {
+        Live {
+            since: Instant::now(),
+            highest_sent: 0,
+        }
+    }
+
+    /// Whether `item` is live; remembers its seq either way.
+    fn is_live(&mut self, seq: u64, published: Instant) -> bool {
+        let live = seq > self.highest_sent && published >= self.since;
+        self.highest_sent = self.highest_sent.max(seq);
+        live
+    }
 }
 
 impl<S> Writer<S>
@@ -114,7 +143,9 @@ where
             }
             let now = Instant::now();
             for item in &batch.items {
-                stats.latency(now.duration_since(item.published));
+                if self.live.is_live(item.seq, item.published) {
+                    stats.latency(now.duration_since(item.published));
+                }
             }
             let frame = if let [item] = batch.items.as_slice() {
                 item.json.clone()
@@ -274,6 +305,7 @@ mod tests {
                 control,
                 announcements,
                 compressed: false,
+                live: Live::now(),
             }
             .run(),
         );
@@ -317,6 +349,7 @@ mod tests {
             control,
             announcements: hub.announcements(),
             compressed: false,
+            live: Live::now(),
         }
         .run()
         .await;

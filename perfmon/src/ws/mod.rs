@@ -233,9 +233,22 @@ impl SidecarBuilder {
         self
     }
 
-    /// Accept browser connections only from these `Origin`s (403 otherwise).
+    /// Also accept browser requests from these `Origin`s (exactly, e.g.
+    /// `https://grafana.example`; `"*"` for any). By default only the
+    /// sidecar's own page may connect: any other origin gets 403, so a web
+    /// page the user visits cannot read a loopback sidecar.
     pub fn allowed_origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.config.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Also accept these names in the `Host` header (a reverse proxy's or
+    /// DNS name for the sidecar; `"*"` turns the check off). By default
+    /// only the bound address is accepted (its IP, `localhost` on loopback,
+    /// any IP when bound to all interfaces): other names get 403, which
+    /// stops DNS rebinding.
+    pub fn allowed_hosts(mut self, hosts: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.config.allowed_hosts = hosts.into_iter().map(Into::into).collect();
         self
     }
 
@@ -248,13 +261,17 @@ impl SidecarBuilder {
     }
 
     /// Limits and buffers: see [`Config`]. Keeps an authorizer and origins
-    /// set before unless `config` sets its own.
+    /// set before (and allowed hosts) unless `config` sets its own.
     pub fn config(mut self, config: Config) -> Self {
         let authorizer = self.config.authorizer.take();
         let origins = self.config.allowed_origins.take();
+        let hosts = std::mem::take(&mut self.config.allowed_hosts);
         self.config = config;
         self.config.authorizer = self.config.authorizer.take().or(authorizer);
         self.config.allowed_origins = self.config.allowed_origins.take().or(origins);
+        if self.config.allowed_hosts.is_empty() {
+            self.config.allowed_hosts = hosts;
+        }
         self
     }
 

@@ -1,0 +1,489 @@
+//! The sidecar against hostile clients, on loopback, bounded: each test
+//! does one bad thing, checks the answer, then checks that a well-behaved
+//! client still receives events.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use perfmon::Monitor;
+use perfmon::ws::Sidecar;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// A raw HTTP/1.1 GET with exactly these headers (a `Host` among them if
+/// the test wants one); returns the status and the body.
+async fn raw_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
+        req.push_str("Connection: close\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    // Until the server closes, or one whole response has arrived (a 400 to
+    // an upgrade request may keep the connection open).
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        if n == 0 || whole_response(&buf) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    )
+}
+
+/// Whether `buf` holds a response's head and its `Content-Length` of body.
+fn whole_response(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .is_some_and(|len| body.len() >= len)
+}
+
+/// A WebSocket upgrade with extra headers: `Ok` with the first message's
+/// type, or the HTTP status it was refused with.
+async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<String, String> {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((mut ws, _)) => {
+            let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("a first message in time")
+                .unwrap()
+                .unwrap();
+            let v: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+            Ok(v["type"].as_str().unwrap_or_default().to_owned())
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            Err(resp.status().as_u16().to_string())
+        }
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// A well-behaved client connects and receives the events of a pipeline run now.
+async fn a_good_client_still_gets_events(monitor: &Monitor, addr: SocketAddr, token: Option<&str>) {
+    let url = match token {
+        Some(t) => format!("ws://{addr}/ws?token={t}"),
+        None => format!("ws://{addr}/ws"),
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("a good client connects");
+    // After `welcome` the connection is attached to the hub: what is
+    // published from now on reaches it.
+    read_until(&mut ws, "welcome").await;
+    let monitor = monitor.clone();
+    std::thread::spawn(move || {
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
+        tracing::dispatcher::with_default(&dispatch, || {
+            let pipeline = monitor.start_pipeline("after-the-attack");
+            perfmon::agent("physics").succeed();
+            pipeline.finish();
+        });
+    })
+    .join()
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the pipeline's events in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = msg
+            && text.contains("pipeline_completed")
+            && text.contains("after-the-attack")
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_origins_and_hosts_are_refused_by_default() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+    let own_origin = format!("http://{addr}");
+    let host = addr.to_string();
+
+    // Cross-site WebSocket hijacking: a page elsewhere opens the stream.
+    assert_eq!(
+        ws_connect(addr, "/ws", &[("Origin", "http://evil.example")]).await,
+        Err("403".into())
+    );
+    // ... or reads the REST API.
+    let (status, body) = raw_get(
+        addr,
+        "/api/performance/overview",
+        &[("Host", &host), ("Origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("allowed_origins"),
+        "the refusal says what to set: {body}"
+    );
+    // DNS rebinding: the attacker's name resolves to 127.0.0.1.
+    let (status, body) = raw_get(
+        addr,
+        "/api/performance/overview",
+        &[("Host", "rebind.evil.example:9464")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("allowed_hosts"), "{body}");
+    assert_eq!(
+        raw_get(addr, "/", &[("Host", "rebind.evil.example")])
+            .await
+            .0,
+        403
+    );
+
+    // The sidecar's own page, and clients that are not browsers, get in.
+    assert_eq!(
+        ws_connect(addr, "/ws", &[("Origin", &own_origin)]).await,
+        Ok("welcome".into())
+    );
+    assert_eq!(
+        raw_get(addr, "/api/performance/overview", &[("Host", &host)])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        raw_get(
+            addr,
+            "/api/performance/overview",
+            &[("Host", &format!("localhost:{}", addr.port()))]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        raw_get(addr, "/api/performance/overview", &[]).await.0,
+        200,
+        "no Host: not a browser"
+    );
+    assert_eq!(
+        raw_get(addr, "/healthz", &[("Host", "anything")]).await.0,
+        200
+    );
+
+    a_good_client_still_gets_events(&monitor, addr, None).await;
+    sidecar.shutdown();
+
+    // What the allow-lists open, and only that.
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .allowed_origins(["https://grafana.example"])
+        .allowed_hosts(["perfmon.internal"])
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+    assert_eq!(
+        ws_connect(addr, "/ws", &[("Origin", "https://grafana.example")]).await,
+        Ok("welcome".into())
+    );
+    assert_eq!(
+        ws_connect(addr, "/ws", &[("Origin", "http://evil.example")]).await,
+        Err("403".into())
+    );
+    assert_eq!(
+        raw_get(
+            addr,
+            "/api/performance/overview",
+            &[("Host", "perfmon.internal")]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        raw_get(
+            addr,
+            "/api/performance/overview",
+            &[("Host", "other.internal")]
+        )
+        .await
+        .0,
+        403
+    );
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .token("s3cret")
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let auth = format!("{scheme} s3cret");
+        let (status, body) = raw_get(
+            addr,
+            "/api/performance/overview",
+            &[("Authorization", &auth)],
+        )
+        .await;
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    for wrong in ["Basic czNjcmV0", "bearer wrong", "bearer"] {
+        assert_eq!(
+            raw_get(
+                addr,
+                "/api/performance/overview",
+                &[("Authorization", wrong)]
+            )
+            .await
+            .0,
+            401,
+            "{wrong}"
+        );
+    }
+    assert_eq!(
+        ws_connect(addr, "/ws", &[("Authorization", "bearer s3cret")]).await,
+        Ok("welcome".into())
+    );
+    a_good_client_still_gets_events(&monitor, addr, Some("s3cret")).await;
+    sidecar.shutdown();
+}
+
+/// Runs one small pipeline on a thread of its own, recorded by `monitor`.
+fn run_pipeline(monitor: &Monitor, id: &'static str) {
+    let monitor = monitor.clone();
+    std::thread::spawn(move || {
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
+        tracing::dispatcher::with_default(&dispatch, || {
+            let pipeline = monitor.start_pipeline(id);
+            perfmon::agent("physics").succeed();
+            pipeline.finish();
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// Reads messages until one contains `needle`.
+async fn read_until(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    needle: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{needle} in time"))
+            .unwrap()
+            .unwrap();
+        if msg.to_text().is_ok_and(|t| t.contains(needle)) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_resumed_events_do_not_count_as_latency() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+    run_pipeline(&monitor, "old-news");
+    // Old enough that counting them would put p99 above two seconds.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+
+    // One client resumes from the start, another asks for a replay.
+    let (mut resumed, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?since=0"))
+        .await
+        .unwrap();
+    read_until(&mut resumed, "old-news").await;
+    let (mut replayer, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    read_until(&mut replayer, "welcome").await;
+    replayer
+        .send(Message::Text(r#"{"type":"replay","since":0}"#.into()))
+        .await
+        .unwrap();
+    read_until(&mut replayer, "old-news").await;
+
+    // Live events are what the figure is about.
+    run_pipeline(&monitor, "live");
+    read_until(&mut resumed, "live").await;
+    read_until(&mut replayer, "live").await;
+    let (status, body) = raw_get(addr, "/api/performance/websocket/status", &[]).await;
+    assert_eq!(status, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let p99 = status["latency_p99_ms"].as_f64().unwrap();
+    assert!(p99 > 0.0, "live events were measured: {status}");
+    assert!(
+        p99 < 2_000.0,
+        "replayed events counted as latency: {status}"
+    );
+    a_good_client_still_gets_events(&monitor, addr, None).await;
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deflate_only_client_is_refused_when_compression_is_off() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+    assert_eq!(
+        ws_connect(
+            addr,
+            "/ws",
+            &[("Sec-WebSocket-Protocol", "perfmon.v1.deflate")]
+        )
+        .await,
+        Err("400".into()),
+        "PROTOCOL.md: refused, rather than answered in plain text it did not ask for"
+    );
+    let (status, body) = raw_get(
+        addr,
+        "/ws",
+        &[
+            ("Host", &addr.to_string()),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Protocol", "perfmon.v1.deflate"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("compression is off"), "{body}");
+    // Falling back works, and so does a client that names no subprotocol.
+    assert_eq!(
+        ws_connect(
+            addr,
+            "/ws",
+            &[("Sec-WebSocket-Protocol", "perfmon.v1.deflate, perfmon.v1")]
+        )
+        .await,
+        Ok("welcome".into())
+    );
+    a_good_client_still_gets_events(&monitor, addr, None).await;
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_8000_name_filter_update_is_answered_and_others_are_unaffected() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    read_until(&mut ws, "welcome").await;
+    // Short names, so that the list fits in one 64 KiB message.
+    let names: Vec<String> = (0..8_000).map(|i| format!("{i:x}")).collect();
+    let list = serde_json::to_string(&names).unwrap();
+    let started = std::time::Instant::now();
+    ws.send(Message::Text(
+        format!(r#"{{"type":"subscribe","pipelines":{list}}}"#).into(),
+    ))
+    .await
+    .unwrap();
+    let subscribed = next_of_type(&mut ws, "subscribed").await;
+    assert_eq!(subscribed["pipelines"].as_array().unwrap().len(), 8_000);
+    // Remove all but one, sent in reverse order (a list scan per name
+    // would be 8,000 × 8,000 comparisons).
+    let mut gone: Vec<&String> = names.iter().skip(1).collect();
+    gone.reverse();
+    let gone = serde_json::to_string(&gone).unwrap();
+    ws.send(Message::Text(
+        format!(r#"{{"type":"unsubscribe","pipelines":{gone}}}"#).into(),
+    ))
+    .await
+    .unwrap();
+    let subscribed = next_of_type(&mut ws, "subscribed").await;
+    assert_eq!(subscribed["pipelines"], serde_json::json!(["0"]));
+    println!(
+        "subscribe + unsubscribe of 8,000 names answered in {:?}",
+        started.elapsed()
+    );
+    a_good_client_still_gets_events(&monitor, addr, None).await;
+    sidecar.shutdown();
+}
+
+/// The next message of `kind`, skipping others.
+async fn next_of_type(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    kind: &str,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("a {kind} in time"))
+            .unwrap()
+            .unwrap();
+        if let Ok(text) = msg.to_text()
+            && let Ok(v) = serde_json::from_str::<Value>(text)
+            && v["type"] == kind
+        {
+            return v;
+        }
+    }
+}
