@@ -26,6 +26,17 @@ pub struct Config {
     pub batch_max: usize,
     /// Connections beyond this are refused with 503 before the upgrade. Default 10,000.
     pub max_connections: usize,
+    /// A request head (the request line and headers) must arrive whole
+    /// within this time, on a new connection and between requests on a
+    /// kept-alive one; otherwise the connection is closed. Stops idle and
+    /// slowloris connections from holding file descriptors. Default 10 s.
+    pub header_timeout: Duration,
+    /// Larger request heads get 431 and the connection is closed. Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Connections served at once that have not become WebSockets (in a
+    /// request, or idle between requests); beyond this a new connection is
+    /// closed at once and counted in `connections_refused`. Default 1,024.
+    pub max_pending_connections: usize,
     /// Larger client messages close the connection with 1009. Default 64 KiB.
     pub max_message_size: usize,
     /// Client messages per second allowed on one connection. Default 100.
@@ -81,6 +92,9 @@ impl Default for Config {
             batch_window: Duration::from_millis(10),
             batch_max: 64,
             max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_pending_connections: 1_024,
             max_message_size: 64 * 1024,
             rate_per_second: 100.0,
             rate_burst: 200,
@@ -122,6 +136,12 @@ setters! {
     batch_max: usize,
     /// Sets [`Config::max_connections`].
     max_connections: usize,
+    /// Sets [`Config::header_timeout`].
+    header_timeout: Duration,
+    /// Sets [`Config::max_header_bytes`].
+    max_header_bytes: usize,
+    /// Sets [`Config::max_pending_connections`].
+    max_pending_connections: usize,
     /// Sets [`Config::max_message_size`].
     max_message_size: usize,
     /// Sets [`Config::rate_per_second`].

@@ -35,13 +35,14 @@
 
 // Dependency order, bottom to top (no two modules import each other):
 //   stats, auth, config, backend, site → protocol, hub → shared → connection
-//   → routes → server;  client stands alone (it uses only protocol).
+//   → routes → listen → server;  client stands alone (it uses only protocol).
 mod auth;
 mod backend;
 mod client;
 mod config;
 mod connection;
 mod hub;
+mod listen;
 pub mod protocol;
 mod routes;
 mod server;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::listen;
 use crate::routes;
 use crate::shared::Shared;
 
@@ -76,14 +77,8 @@ impl Server {
             shutdown,
         ));
         let app = routes::router(Arc::clone(&shared));
-        let mut until = shared.shutdown.clone();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = until.wait_for(|stop| *stop).await;
-            });
-            // An accept loop error ends the server; nothing else to tell.
-            let _ = serve.await;
-        });
+        let until = shared.shutdown.clone();
+        let task = tokio::spawn(listen::serve(listener, app, Arc::clone(&shared), until));
         Ok(Server {
             addr,
             hub,

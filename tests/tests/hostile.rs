@@ -487,3 +487,74 @@ async fn next_of_type(
         }
     }
 }
+
+/// Reads from `stream` until the server closes it; `Err` if it is still
+/// open after `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Result<(), String> {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return Err(format!("still open after {limit:?}")),
+            Ok(Ok(0) | Err(_)) => return Ok(()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_slow_and_idle_requests_are_cut_off_before_they_cost_anything() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let config = perfmon::ws::Config::default()
+        .header_timeout(Duration::from_secs(1))
+        .max_pending_connections(20);
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .config(config)
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+
+    // A 100 KiB header value: 431, not a 101 or a 400 KiB buffer.
+    let big = "x".repeat(100 * 1024);
+    let (status, _) = raw_get(addr, "/ws", &[("X-Big", &big)]).await;
+    assert_eq!(status, 431);
+
+    // Connections that send nothing are closed at the header timeout.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Slowloris: a header trickled one byte at a time never completes.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /api/performance/overview HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " {
+            if slow.write_all(&[*b]).await.is_err() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        closed_within(&mut slow, Duration::from_secs(5)).await
+    });
+    // The pending cap: 10 idle + 1 slow + these 9 fill it; the next is closed at once.
+    for _ in 0..9 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    closed_within(&mut over, Duration::from_millis(900))
+        .await
+        .expect("a connection over the pending cap is closed at once");
+    for stream in &mut idle {
+        closed_within(stream, Duration::from_secs(5))
+            .await
+            .expect("an idle connection is closed at the header timeout");
+    }
+    trickle
+        .await
+        .unwrap()
+        .expect("a slowloris connection is closed at the header timeout");
+
+    a_good_client_still_gets_events(&monitor, addr, None).await;
+    sidecar.shutdown();
+}
