@@ -184,6 +184,9 @@ struct QueueInner {
     cursor: u64,
     /// Items up to this seq are a resume's replay: queued without shedding.
     replay_until: u64,
+    /// A `replay` command's items are queued and not all sent yet: one
+    /// replay at a time, so a client's replays cannot pile up in memory.
+    replay_pending: bool,
 }
 
 impl QueueInner {
@@ -224,6 +227,7 @@ impl Queue {
                 closed: false,
                 cursor: 0,
                 replay_until: 0,
+                replay_pending: false,
             }),
             notify: Notify::new(),
             capacity,
@@ -321,6 +325,7 @@ impl Queue {
         for item in items {
             if q.filter.matches(&item) {
                 q.push(item);
+                q.replay_pending = true;
             }
         }
         drop(q);
@@ -349,7 +354,15 @@ impl Queue {
         if q.len() < self.capacity {
             q.stalled_since = None;
         }
+        if q.len() == 0 {
+            q.replay_pending = false;
+        }
         Batch { items, dropped }
+    }
+
+    /// Whether a `replay`'s items are still queued (see `push_replay`).
+    pub(crate) fn replay_pending(&self) -> bool {
+        lock(&self.inner).replay_pending
     }
 
     /// How long the queue has been full and shedding, if it is.

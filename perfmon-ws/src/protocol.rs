@@ -100,6 +100,8 @@ pub mod codes {
     pub const BAD_MESSAGE: &str = "bad_message";
     /// Too many messages: slow down (the connection stays).
     pub const RATE_LIMITED: &str = "rate_limited";
+    /// `replay` while the previous replay is still being sent: read it, then ask again.
+    pub const REPLAY_BUSY: &str = "replay_busy";
     /// `get_snapshot` for a pipeline the server does not know.
     pub const NOT_FOUND: &str = "not_found";
     /// A binary frame: the protocol is JSON text.

@@ -558,3 +558,62 @@ async fn big_slow_and_idle_requests_are_cut_off_before_they_cost_anything() {
     a_good_client_still_gets_events(&monitor, addr, None).await;
     sidecar.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_cannot_pile_up_one_is_sent_at_a_time() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+    // About 5,000 events in the ring: 1,250 pipelines of four events.
+    let m = monitor.clone();
+    std::thread::spawn(move || {
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(m.layer()));
+        tracing::dispatcher::with_default(&dispatch, || {
+            for _ in 0..1_250 {
+                let pipeline = m.start_pipeline("ring-filler");
+                perfmon::agent("physics").succeed();
+                pipeline.finish();
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    read_until(&mut ws, "welcome").await;
+    // 150 replays of the whole ring, sent without reading (within the rate
+    // limit's burst): 750,000 events if each were queued.
+    for _ in 0..150 {
+        ws.send(Message::Text(r#"{"type":"replay","since":0}"#.into()))
+            .await
+            .unwrap();
+    }
+    let (mut events, mut busy, mut resumed) = (0u64, 0u64, 0u64);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+        let Ok(text) = msg.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap();
+        match v["type"].as_str() {
+            Some("batch") => events += v["events"].as_array().unwrap().len() as u64,
+            Some("resumed") => resumed += 1,
+            Some("error") if v["code"] == "replay_busy" => busy += 1,
+            Some(_) => events += 1,
+            None => {}
+        }
+    }
+    println!("{resumed} replays served ({events} events), {busy} refused as busy");
+    assert_eq!(resumed + busy, 150, "every replay got an answer");
+    assert!(
+        busy >= 100,
+        "replays piled up: {resumed} served, {busy} refused"
+    );
+    assert!(
+        events <= resumed * 5_100,
+        "{events} events for {resumed} replays"
+    );
+    a_good_client_still_gets_events(&monitor, addr, None).await;
+    sidecar.shutdown();
+}

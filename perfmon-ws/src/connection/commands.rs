@@ -107,6 +107,10 @@ pub(crate) fn handle(shared: &Shared, queue: &Queue, text: &str) -> Handled {
             queue.set_filter(f);
             Handled::reply(reply)
         }
+        Command::Replay { .. } if queue.replay_pending() => Handled::reply(error(
+            codes::REPLAY_BUSY,
+            "the previous replay is still being sent to you: read it, then ask again",
+        )),
         Command::Replay { since } => {
             let replay = shared.hub.replay(since);
             Handled {
