@@ -112,8 +112,15 @@ pub mod codes {
 
 /// WebSocket close codes the server uses.
 pub mod close {
+    /// The answer to a client's own close.
+    pub const NORMAL: u16 = 1000;
     /// The server is shutting down: reconnect later, resume with `since`.
     pub const GOING_AWAY: u16 = 1001;
+    /// A WebSocket protocol violation (unmasked or reserved frames, a
+    /// fragmented or oversized control frame, a stray continuation).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Sustained flood past the rate limit.
     pub const POLICY: u16 = 1008;
     /// A message larger than the limit (64 KiB by default).

@@ -617,3 +617,172 @@ async fn replays_cannot_pile_up_one_is_sent_at_a_time() {
     a_good_client_still_gets_events(&monitor, addr, None).await;
     sidecar.shutdown();
 }
+
+/// A raw WebSocket: the handshake by hand, so a test can send any bytes.
+async fn raw_ws(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// A client frame: FIN + `first` bits and opcode in one byte, masked payload.
+fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n < 65_536 => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads server frames until the connection ends; returns the close code
+/// the server sent, if a close frame arrived whole.
+async fn close_code(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    // Server frames are unmasked: walk them.
+    let mut at = 0;
+    while at + 2 <= buf.len() {
+        let opcode = buf[at] & 0x0f;
+        let (len, header) = match buf[at + 1] & 0x7f {
+            126 if at + 4 <= buf.len() => {
+                (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4)
+            }
+            127 if at + 10 <= buf.len() => (
+                u64::from_be_bytes(buf[at + 2..at + 10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n if n < 126 => (n as usize, 2),
+            _ => return None,
+        };
+        let body = buf.get(at + header..at + header + len)?;
+        if opcode == 0x8 {
+            return body.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+        }
+        at += header + len;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_get_their_close_code() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        (
+            "invalid UTF-8 in a text frame",
+            frame(0x81, &[0xff, 0xfe, 0xfd], true),
+            1007,
+        ),
+        (
+            "an unmasked client frame",
+            frame(0x81, br#"{"type":"ping"}"#, false),
+            1002,
+        ),
+        (
+            "RSV bits set",
+            frame(0x81 | 0x40, br#"{"type":"ping"}"#, true),
+            1002,
+        ),
+        ("a reserved opcode", frame(0x83, b"x", true), 1002),
+        (
+            "a 126-byte control frame",
+            frame(0x89, &[0u8; 126], true),
+            1002,
+        ),
+        ("a stray continuation", frame(0x80, b"x", true), 1002),
+    ];
+    for (what, bytes, code) in cases {
+        let mut ws = raw_ws(addr).await;
+        ws.write_all(&bytes).await.unwrap();
+        assert_eq!(close_code(&mut ws).await, Some(code), "{what}");
+    }
+    a_good_client_still_gets_events(&monitor, addr, None).await;
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_frames_arrive_at_clients_that_keep_sending() {
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+    let addr = sidecar.local_addr();
+
+    // A flood: 5,000 pings written without reading. The server answers
+    // some, then closes with 1008; the close must arrive, not a reset.
+    let mut ws = raw_ws(addr).await;
+    let ping = frame(0x81, br#"{"type":"ping"}"#, true);
+    let flood: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 5_000)
+        .collect();
+    let _ = ws.write_all(&flood).await;
+    assert_eq!(close_code(&mut ws).await, Some(1008), "flood");
+
+    // An oversized message (1 MiB, over the 64 KiB limit), still being
+    // written when the server closes with 1009.
+    let mut ws = raw_ws(addr).await;
+    let _ = ws
+        .write_all(&frame(0x81, &vec![b'a'; 1024 * 1024], true))
+        .await;
+    assert_eq!(close_code(&mut ws).await, Some(1009), "too big");
+
+    // A clean close handshake: the client's 1000 is answered.
+    let mut ws = raw_ws(addr).await;
+    ws.write_all(&frame(0x88, &1000u16.to_be_bytes(), true))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(1000),
+        "a client's close is answered"
+    );
+
+    a_good_client_still_gets_events(&monitor, addr, None).await;
+    sidecar.shutdown();
+}

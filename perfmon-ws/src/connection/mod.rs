@@ -88,8 +88,8 @@ pub(crate) async fn serve(
         }
         .run(),
     );
-    let stream = stream.map(|msg| msg.map_err(read_error));
-    let reader = reader::run(stream, &shared, &queue, control_tx);
+    let mut stream = stream.map(|msg| msg.map_err(read_error));
+    let reader = reader::run(&mut stream, &shared, &queue, control_tx);
     // If the writer ends (slow client cut off, socket error, shutdown), the
     // connection ends with it; if the reader ends, the writer sends what the
     // reader asked for (a close frame) and ends when the channel closes.
@@ -97,20 +97,54 @@ pub(crate) async fn serve(
         () = reader => { let _ = writer.await; }
         _ = &mut writer => {}
     }
+    linger(&mut stream).await;
     shared.hub.detach(&queue);
     stats.connection_closed();
 }
 
+/// How long, and how many bytes, a closing connection keeps reading.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// A lingering close: the close frame is written; now read and discard
+/// what the client still sends, until it answers the close, goes away, or
+/// a bound (1 s, 1 MiB). Closing a socket with unread input makes the
+/// kernel send a reset, which destroys the close frame still in flight: a
+/// client that kept sending would never see why it was closed.
+async fn linger<St>(stream: &mut St)
+where
+    St: futures_util::Stream<Item = Result<axum::extract::ws::Message, ReadError>> + Unpin,
+{
+    use axum::extract::ws::Message;
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while let Some(next) = stream.next().await {
+            read += match next {
+                Ok(Message::Close(_)) | Err(ReadError::Broken) => break,
+                Ok(Message::Text(t)) => t.len(),
+                Ok(Message::Binary(b) | Message::Ping(b) | Message::Pong(b)) => b.len(),
+                // More bad frames: counted as a chunk each, so a stream of
+                // them ends the wait early rather than spinning.
+                Err(_) => 4096,
+            };
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// A read error, as the reader needs to tell them apart.
 fn read_error(err: axum::Error) -> ReadError {
-    let too_big = err
-        .into_inner()
-        .downcast::<tokio_tungstenite::tungstenite::Error>()
-        .is_ok_and(|e| matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_)));
-    if too_big {
-        ReadError::TooBig
-    } else {
-        ReadError::Broken
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match err.into_inner().downcast::<Error>().map(|e| *e) {
+        Ok(Error::Capacity(_)) => ReadError::TooBig,
+        Ok(Error::Utf8(_)) => ReadError::Utf8,
+        Ok(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => ReadError::Broken,
+        Ok(Error::Protocol(_)) => ReadError::Protocol,
+        _ => ReadError::Broken,
     }
 }
 

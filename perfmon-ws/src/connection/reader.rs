@@ -20,14 +20,18 @@ use crate::shared::Shared;
 pub(crate) enum ReadError {
     /// Larger than `max_message_size`: close with 1009.
     TooBig,
-    /// Any other socket or protocol failure: the connection ends.
+    /// A WebSocket protocol violation: close with 1002.
+    Protocol,
+    /// A text message that is not UTF-8: close with 1007.
+    Utf8,
+    /// The socket failed or the client vanished: the connection ends.
     Broken,
 }
 
 /// Reads until the client goes, breaks a limit, or idles out. Replies and
 /// close requests go to the writer through `control`.
 pub(crate) async fn run<St>(
-    mut stream: St,
+    stream: &mut St,
     shared: &Shared,
     queue: &Queue,
     control: mpsc::Sender<Control>,
@@ -50,6 +54,23 @@ pub(crate) async fn run<St>(
                 stats.error(1);
                 let _ = control
                     .send(Control::Close(close::TOO_BIG, "message too big"))
+                    .await;
+                return;
+            }
+            Ok(Some(Err(ReadError::Protocol))) => {
+                stats.error(1);
+                let _ = control
+                    .send(Control::Close(
+                        close::PROTOCOL_ERROR,
+                        "websocket protocol violation",
+                    ))
+                    .await;
+                return;
+            }
+            Ok(Some(Err(ReadError::Utf8))) => {
+                stats.error(1);
+                let _ = control
+                    .send(Control::Close(close::INVALID_DATA, "text must be UTF-8"))
                     .await;
                 return;
             }
@@ -98,7 +119,11 @@ pub(crate) async fn run<St>(
                     "send JSON text frames",
                 )));
             }
-            Message::Close(_) => return,
+            Message::Close(_) => {
+                // Answered, so that the client's close handshake completes.
+                let _ = control.send(Control::Close(close::NORMAL, "")).await;
+                return;
+            }
             Message::Ping(_) | Message::Pong(_) => {}
         }
     }
@@ -125,7 +150,7 @@ mod tests {
         let (shared, _stop) = shared(config);
         let queue = Queue::new(8, Filter::default());
         let (tx, mut rx) = mpsc::channel(64);
-        run(stream::iter(messages), &shared, &queue, tx).await;
+        run(&mut stream::iter(messages), &shared, &queue, tx).await;
         let mut out = Vec::new();
         while let Ok(c) = rx.try_recv() {
             out.push(c);
@@ -188,7 +213,7 @@ mod tests {
         let (shared, _stop) = shared(Config::default().idle_timeout(Duration::from_secs(5)));
         let queue = Queue::new(8, Filter::default());
         let (tx, mut rx) = mpsc::channel(8);
-        run(stream::pending(), &shared, &queue, tx).await;
+        run(&mut stream::pending(), &shared, &queue, tx).await;
         assert!(matches!(rx.try_recv(), Ok(Control::Close(close::IDLE, _))));
     }
 }
