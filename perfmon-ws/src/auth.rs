@@ -175,6 +175,43 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any `Authorization` value: a token only from the Bearer scheme,
+        /// non-empty, and found in the value; never a panic.
+        #[test]
+        fn fuzz_authorization_header(value in "(?s).{0,80}", scheme in "[bB][eE][aA][rR][eE][rR]", token in "[!-~]{1,40}") {
+            if let Some(t) = bearer_token(&value) {
+                proptest::prop_assert!(!t.is_empty() && value.contains(t));
+                proptest::prop_assert!(value.trim_start().to_ascii_lowercase().starts_with("bearer "));
+            }
+            let value = format!("{scheme} {token}");
+            proptest::prop_assert_eq!(bearer_token(&value), Some(token.as_str()));
+        }
+
+        /// Any query string: a token or none, never a panic; and a token
+        /// sent URL-encoded comes back exactly.
+        #[test]
+        fn fuzz_query_string_token(query in "(?s).{0,120}", token in "(?s).{0,40}") {
+            let headers = HeaderMap::new();
+            let _ = Access::from_request(&headers, Some(&query)).token().map(str::len);
+            let encoded = serde_urlencoded::to_string([("since", "3"), ("token", token.as_str())]).unwrap();
+            let access = Access::from_request(&headers, Some(&encoded));
+            proptest::prop_assert_eq!(access.token(), Some(token.as_str()));
+        }
+
+        /// Any path segment (a room name): decoded without a panic, and an
+        /// encoded name decodes back to itself.
+        #[test]
+        fn fuzz_room_names(raw in "(?s).{0,80}", name in "(?s).{0,40}") {
+            let _ = percent_decode(&raw);
+            let encoded: String = name
+                .bytes()
+                .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+                .collect();
+            proptest::prop_assert_eq!(percent_decode(&encoded), name);
+        }
+    }
+
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {
         for value in ["Bearer t0k", "bearer t0k", "BEARER   t0k ", " Bearer t0k"] {

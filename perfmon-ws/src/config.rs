@@ -33,6 +33,12 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Larger request heads get 431 and the connection is closed. Default 16 KiB.
     pub max_header_bytes: usize,
+    /// The kernel send buffer of each accepted socket (`SO_SNDBUF`; Linux
+    /// doubles it). A client that stops reading holds at most this much in
+    /// the kernel (plus one frame in user space) before its writer waits,
+    /// instead of megabytes of autotuned buffer that cost the CPU to fill.
+    /// `None` leaves the system default. Default 64 KiB.
+    pub send_buffer_bytes: Option<usize>,
     /// Connections served at once that have not become WebSockets (in a
     /// request, or idle between requests); beyond this a new connection is
     /// closed at once and counted in `connections_refused`. Default 1,024.
@@ -95,6 +101,7 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             max_pending_connections: 1_024,
+            send_buffer_bytes: Some(64 * 1024),
             max_message_size: 64 * 1024,
             rate_per_second: 100.0,
             rate_burst: 200,
@@ -142,6 +149,8 @@ setters! {
     max_header_bytes: usize,
     /// Sets [`Config::max_pending_connections`].
     max_pending_connections: usize,
+    /// Sets [`Config::send_buffer_bytes`].
+    send_buffer_bytes: Option<usize>,
     /// Sets [`Config::max_message_size`].
     max_message_size: usize,
     /// Sets [`Config::rate_per_second`].

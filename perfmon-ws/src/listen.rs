@@ -6,6 +6,8 @@
 //!   connection is new, idle between requests, or trickling bytes
 //!   (slowloris); otherwise the connection is closed;
 //! - a head larger than `max_header_bytes` gets 431 and the connection is closed;
+//! - each socket's kernel send buffer is capped (`send_buffer_bytes`), so a
+//!   client that stops reading holds little and its writer waits early;
 //! - at most `max_pending_connections` connections that have not become
 //!   WebSockets are served at once; beyond that a new one is closed at once
 //!   (counted in `connections_refused`). Upgraded connections count against
@@ -68,6 +70,10 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = config.send_buffer_bytes {
+            // A failure leaves the system default: the connection still works.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
+        }
         let service = TowerToHyperService::new(app.clone());
         let http = Arc::clone(&http);
         let mut stop = stop.clone();

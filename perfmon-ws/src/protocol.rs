@@ -233,7 +233,7 @@ mod tests {
     proptest::proptest! {
         /// Any header value: an answer that is offered and was asked for, or a refusal.
         #[test]
-        fn any_subprotocol_list_gets_an_answer(value in ".{0,60}", deflate in proptest::bool::ANY) {
+        fn fuzz_subprotocol_lists(value in ".{0,60}", deflate in proptest::bool::ANY) {
             let offered: &[&'static str] = if deflate { &[PROTOCOL_DEFLATE, PROTOCOL] } else { &[PROTOCOL] };
             if let Ok(Some(p)) = negotiate(Some(&value), offered) {
                 proptest::prop_assert!(offered.contains(&p));

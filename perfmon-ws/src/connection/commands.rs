@@ -143,3 +143,86 @@ fn subscribed(filter: &Filter) -> String {
     }
     .encode()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::connection::test_support;
+    use crate::hub::{Hub, Priority, item};
+
+    /// A JSON value a hostile client might put in a field.
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            "(?s).{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z_]{0,10}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A message shaped like a command: a known or unknown type, known or
+    /// unknown fields, any values.
+    fn command() -> impl Strategy<Value = String> {
+        let kind = prop_oneof![
+            Just("ping"),
+            Just("subscribe"),
+            Just("unsubscribe"),
+            Just("replay"),
+            Just("get_metrics"),
+            Just("get_snapshot"),
+            Just("launch"),
+            Just(""),
+        ];
+        let field = prop_oneof![
+            Just("id"),
+            Just("pipelines"),
+            Just("types"),
+            Just("agents"),
+            Just("since"),
+            Just("pipeline"),
+            Just("type"),
+            Just("extra"),
+        ];
+        (kind, prop::collection::vec((field, value()), 0..4)).prop_map(|(kind, fields)| {
+            let mut obj = serde_json::Map::new();
+            obj.insert("type".into(), kind.into());
+            for (k, v) in fields {
+                obj.insert(k.into(), v);
+            }
+            serde_json::Value::Object(obj).to_string()
+        })
+    }
+
+    proptest! {
+        /// Any client message: at least one reply, each a JSON object with
+        /// a `type`; never a panic; a replay never larger than the ring.
+        #[test]
+        fn fuzz_client_messages(text in prop_oneof!["(?s).{0,200}", command()]) {
+            let hub = Arc::new(Hub::new(16));
+            for seq in 1..=20 {
+                hub.publish(item(seq, None, "agent_completed".into(), None, Priority::High, format!(r#"{{"seq":{seq}}}"#)));
+            }
+            let (shared, _stop) = test_support::shared(Arc::clone(&hub), Config::default());
+            let queue = Queue::new(8, Filter::default());
+            let handled = handle(&shared, &queue, &text);
+            prop_assert!(!handled.replies.is_empty());
+            for reply in &handled.replies {
+                let v: serde_json::Value = serde_json::from_str(reply).unwrap();
+                prop_assert!(v["type"].is_string(), "{}", reply);
+            }
+            prop_assert!(handled.replay.map_or(0, |r| r.len()) <= 16);
+        }
+    }
+}
