@@ -74,6 +74,8 @@ async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-quic", "--no-first-run",
                 "--disable-component-update", "--disable-sync", "--window-size=1400,1200",
+                // `window.gc()` and unquantized `performance.memory`, for the memory test.
+                "--js-flags=--expose-gc", "--enable-precise-memory-info",
                 format!("--user-data-dir={}", profile.display()),
             ],
         }),
@@ -218,8 +220,13 @@ async fn serve_on(monitor: &Monitor, addr: SocketAddr, token: Option<&str>) -> S
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart() {
+/// The browser tests run one at a time: each drives its own Chromium, and
+/// the memory test's load would slow the other's page.
+static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// chromedriver and Chromium, or `None` (the test then skips, unless
+/// `PERFMON_BROWSER_TESTS=require`).
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     let (Some(driver_path), Some(chromium)) = (
         tool("CHROMEDRIVER", CHROMEDRIVER),
         tool("CHROMIUM", CHROMIUM),
@@ -232,8 +239,95 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
         eprintln!(
             "skipped: no {CHROMIUM} / {CHROMEDRIVER} (apt-get install -y chromium chromium-driver)"
         );
+        return None;
+    };
+    Some((driver_path, chromium))
+}
+
+/// The page's JS heap after two forced garbage collections, in bytes.
+async fn heap_after_gc(client: &Client) -> f64 {
+    js(
+        client,
+        "(window.gc(), window.gc(), performance.memory.usedJSHeapSize)",
+    )
+    .await
+    .as_f64()
+    .expect("performance.memory (Chromium with --enable-precise-memory-info)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_keeps_its_memory_bounded_under_load() {
+    let Some((driver_path, chromium)) = browser_tools() else {
         return;
     };
+    let _one = ONE_BROWSER_AT_A_TIME.lock().await;
+    let profile = std::env::temp_dir().join(format!("perfmon-chromium-mem-{}", std::process::id()));
+    let driver = start_driver(&driver_path);
+    let client = browser(&driver, &chromium, &profile).await;
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = serve_on(&monitor, "127.0.0.1:0".parse().unwrap(), None).await;
+    client.goto(&sidecar.url()).await.unwrap();
+    until_live(&client, "the live indicator").await;
+
+    // About 6,000 events/s: every 10 ms a new pipeline (a new id each time)
+    // of 28 agents with a thought each, for 40 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (monitor, stop) = (monitor.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch(&monitor), || {
+                let start = Instant::now();
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let pipeline = monitor.start_pipeline(format!("load_{n}"));
+                    for _ in 0..28 {
+                        let _a = perfmon::agent("physics");
+                        perfmon::thought!("step {n}");
+                    }
+                    pipeline.finish();
+                    let next = start + Duration::from_millis(10) * n;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                n
+            })
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let early = heap_after_gc(&client).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let late = heap_after_gc(&client).await;
+    let kept = js(&client, "window.perfmonPage()").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pipelines = load.join().unwrap();
+    let published = monitor.overview().events_published;
+    println!(
+        "{pipelines} pipelines, {published} events in ~40 s; page heap after GC {:.1} MiB at 10 s, \
+         {:.1} MiB at 40 s ({:+.1}%); the page holds {kept}",
+        early / 1048576.0,
+        late / 1048576.0,
+        (late / early - 1.0) * 100.0
+    );
+    assert!(
+        kept["pipelines"].as_u64().unwrap() <= 30 + 20 + 5,
+        "the page keeps only active, recent, failed and selected pipelines: {kept}"
+    );
+    assert!(
+        late <= early * 1.10,
+        "the page's heap grew {:.1}%",
+        (late / early - 1.0) * 100.0
+    );
+    sidecar.shutdown();
+    drop(client);
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart() {
+    let Some((driver_path, chromium)) = browser_tools() else {
+        return;
+    };
+    let _one = ONE_BROWSER_AT_A_TIME.lock().await;
     let profile = std::env::temp_dir().join(format!("perfmon-chromium-{}", std::process::id()));
     let driver = start_driver(&driver_path);
     let client = browser(&driver, &chromium, &profile).await;
