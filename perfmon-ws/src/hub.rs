@@ -184,9 +184,14 @@ struct QueueInner {
     cursor: u64,
     /// Items up to this seq are a resume's replay: queued without shedding.
     replay_until: u64,
-    /// A `replay` command's items are queued and not all sent yet: one
-    /// replay at a time, so a client's replays cannot pile up in memory.
+    /// A `replay` command's items, sent before anything else and in seq
+    /// order (not merged with live items, which may be newer).
+    replay: VecDeque<Arc<Item>>,
+    /// A `replay` was accepted and is not all sent yet: one replay at a
+    /// time, so a client's replays cannot pile up in memory.
     replay_pending: bool,
+    /// Its items have reached `replay` (so an empty `replay` means sent).
+    replay_pushed: bool,
 }
 
 impl QueueInner {
@@ -227,7 +232,9 @@ impl Queue {
                 closed: false,
                 cursor: 0,
                 replay_until: 0,
+                replay: VecDeque::new(),
                 replay_pending: false,
+                replay_pushed: false,
             }),
             notify: Notify::new(),
             capacity,
@@ -315,7 +322,9 @@ impl Queue {
     /// pulled yet.
     pub(crate) fn backlog(&self, hub: &Hub) -> usize {
         let q = lock(&self.inner);
-        q.len() + usize::try_from(hub.last_seq().saturating_sub(q.cursor)).unwrap_or(usize::MAX)
+        q.len()
+            + q.replay.len()
+            + usize::try_from(hub.last_seq().saturating_sub(q.cursor)).unwrap_or(usize::MAX)
     }
 
     /// Appends items (a replay) in order, bypassing shedding: the caller
@@ -324,10 +333,10 @@ impl Queue {
         let mut q = lock(&self.inner);
         for item in items {
             if q.filter.matches(&item) {
-                q.push(item);
-                q.replay_pending = true;
+                q.replay.push_back(item);
             }
         }
+        q.replay_pushed = true;
         drop(q);
         self.notify.notify_one();
     }
@@ -335,8 +344,10 @@ impl Queue {
     /// Takes up to `max` items and any drop notice.
     pub(crate) fn take(&self, max: usize) -> Batch {
         let mut q = lock(&self.inner);
-        let n = q.len().min(max);
-        let mut items = Vec::with_capacity(n);
+        // A replay first, as one block in seq order.
+        let from_replay = q.replay.len().min(max);
+        let mut items: Vec<Arc<Item>> = q.replay.drain(..from_replay).collect();
+        let n = items.len() + q.len().min(max - items.len());
         while items.len() < n {
             let from_low = match (q.high.front(), q.low.front()) {
                 (Some(h), Some(l)) => l.seq < h.seq,
@@ -354,15 +365,18 @@ impl Queue {
         if q.len() < self.capacity {
             q.stalled_since = None;
         }
-        if q.len() == 0 {
+        if q.replay_pushed && q.replay.is_empty() {
             q.replay_pending = false;
+            q.replay_pushed = false;
         }
         Batch { items, dropped }
     }
 
-    /// Whether a `replay`'s items are still queued (see `push_replay`).
-    pub(crate) fn replay_pending(&self) -> bool {
-        lock(&self.inner).replay_pending
+    /// Accepts a `replay` unless one is still being sent; the caller then
+    /// has its items pushed with `push_replay`.
+    pub(crate) fn try_begin_replay(&self) -> bool {
+        let mut q = lock(&self.inner);
+        !std::mem::replace(&mut q.replay_pending, true)
     }
 
     /// How long the queue has been full and shedding, if it is.
@@ -624,6 +638,35 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_replay_is_sent_first_as_one_block_in_seq_order() {
+        let hub = Hub::new(100);
+        let queue = Arc::new(Queue::new(8, Filter::default()));
+        let _ = hub.attach(Arc::clone(&queue), None);
+        for seq in 1..=6 {
+            publish(&hub, seq, seq % 2 == 0);
+        }
+        queue.pull(&hub);
+        let first = queue.take(2);
+        assert_eq!(
+            first.items.iter().map(|i| i.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(queue.try_begin_replay());
+        assert!(!queue.try_begin_replay(), "one replay at a time");
+        queue.push_replay(hub.replay(1).items);
+        let rest: Vec<u64> = queue.take(usize::MAX).items.iter().map(|i| i.seq).collect();
+        assert_eq!(
+            rest,
+            [2, 3, 4, 5, 6, 3, 4, 5, 6],
+            "the replay block, then what was queued"
+        );
+        assert!(
+            queue.try_begin_replay(),
+            "sent: the next replay is accepted"
+        );
+    }
+
     proptest! {
         /// Whatever the interleaving: what a connection receives is in seq
         /// order with no duplicate, and every published item is either
@@ -632,8 +675,11 @@ mod tests {
         fn no_duplicate_no_reordering_nothing_unaccounted(
             steps in proptest::collection::vec(step(), 1..200),
             capacity in 1usize..12,
+            ring in prop_oneof![Just(1_000usize), 1usize..24],
         ) {
-            let hub = Hub::new(1_000);
+            // A small ring: items fall out of it before the writer pulls
+            // them (lost, or kept by the high ring) as well.
+            let hub = Hub::new(ring);
             let queue = Arc::new(Queue::new(capacity, Filter::default()));
             let _ = hub.attach(Arc::clone(&queue), None);
             let (mut seq, mut received, mut dropped) = (0u64, Vec::new(), 0u64);

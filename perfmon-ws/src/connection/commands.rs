@@ -107,7 +107,7 @@ pub(crate) fn handle(shared: &Shared, queue: &Queue, text: &str) -> Handled {
             queue.set_filter(f);
             Handled::reply(reply)
         }
-        Command::Replay { .. } if queue.replay_pending() => Handled::reply(error(
+        Command::Replay { .. } if !queue.try_begin_replay() => Handled::reply(error(
             codes::REPLAY_BUSY,
             "the previous replay is still being sent to you: read it, then ask again",
         )),

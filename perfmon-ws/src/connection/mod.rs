@@ -28,6 +28,9 @@ pub(crate) enum Control {
     Text(String),
     /// A close frame with this code and reason; the connection ends.
     Close(u16, &'static str),
+    /// A `replay`'s items, queued by the writer after the `resumed` reply
+    /// before it has been sent, so the reply always comes first.
+    Replay(Vec<std::sync::Arc<crate::hub::Item>>),
 }
 
 /// Serves one upgraded connection until it ends.

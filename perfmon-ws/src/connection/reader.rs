@@ -107,9 +107,11 @@ pub(crate) async fn run<St>(
                         return;
                     }
                 }
-                // After the reply is queued, so that it is sent first.
-                if let Some(items) = handled.replay {
-                    queue.push_replay(items);
+                // Through the writer, after the reply, so that it is sent first.
+                if let Some(items) = handled.replay
+                    && control.send(Control::Replay(items)).await.is_err()
+                {
+                    return;
                 }
             }
             Message::Binary(_) => {
@@ -163,7 +165,7 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 Control::Text(t) => serde_json::from_str(t).ok(),
-                Control::Close(..) => None,
+                Control::Close(..) | Control::Replay(_) => None,
             })
             .collect()
     }

@@ -163,6 +163,10 @@ where
         match control {
             Control::Text(text) => self.send(Message::Text(text.into())).await,
             Control::Close(code, reason) => self.close(code, reason).await,
+            Control::Replay(items) => {
+                self.queue.push_replay(items);
+                Ok(())
+            }
         }
     }
 
