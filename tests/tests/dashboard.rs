@@ -293,19 +293,29 @@ async fn the_page_keeps_its_memory_bounded_under_load() {
             })
         })
     };
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The short version by default; `PERFMON_PAGE_MEMORY_LONG=1` runs the
+    // issue's measurement: minute 2 against minute 10.
+    let (first, second) = if std::env::var_os("PERFMON_PAGE_MEMORY_LONG").is_some() {
+        (Duration::from_secs(120), Duration::from_secs(480))
+    } else {
+        (Duration::from_secs(10), Duration::from_secs(30))
+    };
+    tokio::time::sleep(first).await;
     let early = heap_after_gc(&client).await;
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(second).await;
     let late = heap_after_gc(&client).await;
     let kept = js(&client, "window.perfmonPage()").await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let pipelines = load.join().unwrap();
     let published = monitor.overview().events_published;
     println!(
-        "{pipelines} pipelines, {published} events in ~40 s; page heap after GC {:.1} MiB at 10 s, \
-         {:.1} MiB at 40 s ({:+.1}%); the page holds {kept}",
+        "{pipelines} pipelines, {published} events in ~{} s; page heap after GC {:.1} MiB at {} s, \
+         {:.1} MiB at {} s ({:+.1}%); the page holds {kept}",
+        (first + second).as_secs(),
         early / 1048576.0,
+        first.as_secs(),
         late / 1048576.0,
+        (first + second).as_secs(),
         (late / early - 1.0) * 100.0
     );
     assert!(
