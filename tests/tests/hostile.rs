@@ -62,17 +62,7 @@ async fn a_good_client_still_gets_events(monitor: &Monitor, addr: SocketAddr, to
     // After `welcome` the connection is attached to the hub: what is
     // published from now on reaches it.
     read_until(&mut ws, "welcome").await;
-    let monitor = monitor.clone();
-    std::thread::spawn(move || {
-        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
-        tracing::dispatcher::with_default(&dispatch, || {
-            let pipeline = monitor.start_pipeline("after-the-attack");
-            perfmon::agent("physics").succeed();
-            pipeline.finish();
-        });
-    })
-    .join()
-    .unwrap();
+    run_pipeline(monitor, "after-the-attack");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let msg = tokio::time::timeout_at(deadline, ws.next())
