@@ -55,5 +55,13 @@ fn dropping_the_last_monitor_joins_every_thread_it_started() {
     sidecar.shutdown();
     drop(sub);
     drop(monitor);
-    assert_eq!(perfmon_threads().unwrap(), Vec::<String>::new());
+    // `join` returns when a thread has exited, which the kernel signals
+    // before it removes the thread from /proc/self/task: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut left = perfmon_threads().unwrap();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        left = perfmon_threads().unwrap();
+    }
+    assert_eq!(left, Vec::<String>::new());
 }
