@@ -23,45 +23,16 @@ use perfmon::{Monitor, TrackAgentExt};
 use tracing::Instrument;
 use tracing_subscriber::prelude::*;
 
+/// Simulated AI-agent pipelines, monitored by perfmon, with the live sidecar
+/// and its dashboard.
+#[derive(clap::Parser)]
 struct Args {
+    /// Stop after this many pipelines (default: run until Ctrl-C).
+    #[arg(long, value_name = "N")]
     pipelines: Option<u64>,
+    /// Where the sidecar listens (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = perfmon::ws::DEFAULT_BIND)]
     bind: String,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        pipelines: None,
-        bind: perfmon::ws::DEFAULT_BIND.to_owned(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--pipelines" => {
-                let n = it
-                    .next()
-                    .ok_or("--pipelines needs a number, e.g. --pipelines 3")?;
-                let n = n
-                    .parse()
-                    .map_err(|_| format!("--pipelines needs a whole number, got {n:?}"))?;
-                args.pipelines = Some(n);
-            }
-            "--bind" => {
-                args.bind = it
-                    .next()
-                    .ok_or("--bind needs an address, e.g. --bind 127.0.0.1:0")?;
-            }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: demo [--pipelines N] [--bind ADDR]\n  runs simulated agent pipelines \
-                            until Ctrl-C, or N of them, with the live sidecar on ADDR \
-                            (default 127.0.0.1:9464; port 0 picks a free port)"
-                        .into(),
-                );
-            }
-            other => return Err(format!("unknown argument {other:?}; try --help")),
-        }
-    }
-    Ok(args)
 }
 
 /// A small deterministic pseudo-random sequence, so runs differ a little.
@@ -182,13 +153,7 @@ async fn pipeline(n: u64, jitter: &mut Jitter) -> Result<(), CodegenError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let monitor = Monitor::builder()
         .process_sampler(Duration::from_secs(1))
         .build();

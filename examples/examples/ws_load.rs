@@ -26,52 +26,27 @@ use perfmon_ws::{Backend, Config, Hub, Priority, Reply, Server, ServerInfo, item
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Fan-out load: perfmon's sidecar against a naive broadcast.
+#[derive(clap::Parser)]
 struct Args {
-    clients: usize,
+    /// WebSocket clients (1 to 10000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    clients: u16,
+    /// Events per second.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     rate: u64,
+    /// Seconds of load (1 to 60).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
     seconds: u64,
+    /// Bytes of payload per event.
+    #[arg(long, default_value_t = 200)]
     payload: usize,
+    /// Run only one server.
+    #[arg(long, value_parser = ["perfmon", "naive"])]
     only: Option<String>,
-    /// `Some(url)` in the child process that plays the clients.
+    /// Set in the child process that plays the clients: the server's URL.
+    #[arg(long, hide = true)]
     clients_of: Option<String>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        clients: 100,
-        rate: 1_000,
-        seconds: 5,
-        payload: 200,
-        only: None,
-        clients_of: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--clients" => {
-                args.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?
-            }
-            "--rate" => args.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
-            "--seconds" => {
-                args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
-            }
-            "--payload" => {
-                args.payload = value()?.parse().map_err(|e| format!("--payload: {e}"))?
-            }
-            "--only" => args.only = Some(value()?),
-            "--clients-of" => args.clients_of = Some(value()?),
-            _ => {
-                return Err("usage: ws_load [--clients N] [--rate EVENTS_PER_S] [--seconds S] [--payload BYTES] \
-                            [--only perfmon|naive]"
-                    .into());
-            }
-        }
-    }
-    if args.clients == 0 || args.clients > 10_000 || args.seconds == 0 || args.seconds > 60 {
-        return Err("--clients must be 1..=10000 and --seconds 1..=60 (bounded load)".into());
-    }
-    Ok(args)
 }
 
 struct NoBackend;
@@ -350,15 +325,9 @@ async fn run(args: &Args, naive: bool) -> Outcome {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     if let Some(url) = args.clients_of {
-        play_clients(url, args.clients).await;
+        play_clients(url, usize::from(args.clients)).await;
         return std::process::ExitCode::SUCCESS;
     }
     println!(

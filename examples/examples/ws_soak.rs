@@ -30,49 +30,30 @@ use perfmon::ws::Sidecar;
 use tokio_tungstenite::tungstenite::Message;
 use tracing_subscriber::prelude::*;
 
+/// A soak and chaos run of the sidecar (loopback, bounded).
+#[derive(clap::Parser)]
 struct Args {
+    /// How long to run, in minutes (0.1 to 30).
+    #[arg(long, default_value_t = 10.0, value_parser = minutes)]
     minutes: f64,
-    clients: usize,
+    /// WebSocket clients (1 to 1000).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..=1_000))]
+    clients: u16,
+    /// Events per second the host publishes (1 to 20000).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
     rate: u64,
+    /// Sidecar restarts in the first half of the run (at most 10).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     restarts: u32,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        minutes: 10.0,
-        clients: 200,
-        rate: 2_000,
-        restarts: 2,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--minutes" => args.minutes = value.parse().map_err(|e| format!("--minutes: {e}"))?,
-            "--clients" => args.clients = value.parse().map_err(|e| format!("--clients: {e}"))?,
-            "--rate" => args.rate = value.parse().map_err(|e| format!("--rate: {e}"))?,
-            "--restarts" => {
-                args.restarts = value.parse().map_err(|e| format!("--restarts: {e}"))?
-            }
-            _ => {
-                return Err(
-                    "usage: ws_soak [--minutes M] [--clients N] [--rate EVENTS_PER_S] [--restarts K]"
-                        .into(),
-                );
-            }
-        }
+fn minutes(text: &str) -> Result<f64, String> {
+    let m: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.1..=30.0).contains(&m) {
+        Ok(m)
+    } else {
+        Err("bounded: 0.1 to 30 minutes".into())
     }
-    if !(0.1..=30.0).contains(&args.minutes)
-        || !(1..=1_000).contains(&args.clients)
-        || !(1..=20_000).contains(&args.rate)
-        || args.restarts > 10
-    {
-        return Err(
-            "bounded: --minutes 0.1..=30, --clients 1..=1000, --rate 1..=20000, --restarts ≤ 10"
-                .into(),
-        );
-    }
-    Ok(args)
 }
 
 /// What all clients saw, summed.
@@ -272,13 +253,7 @@ fn growth(series: &[(u64, u64)], pick: impl Fn(&(u64, u64)) -> u64) -> f64 {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let monitor = Monitor::builder().metrics(false).build();
     tracing_subscriber::registry().with(monitor.layer()).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

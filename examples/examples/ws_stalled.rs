@@ -23,40 +23,21 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::prelude::*;
 
+/// What stalled WebSocket clients cost the instrumented program.
+#[derive(clap::Parser)]
 struct Args {
-    clients: usize,
+    /// Clients that connect and never read (at most 5000).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u16).range(0..=5_000))]
+    clients: u16,
+    /// Tracked calls per round (at most 10,000,000).
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     calls: u32,
+    /// Rounds each way (1 to 20).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
+    /// Microseconds of work per agent run (0: a tight loop).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     work_us: u64,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        clients: 1_000,
-        calls: 300_000,
-        rounds: 3,
-        work_us: 0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--clients" => args.clients = value.parse().map_err(|e| format!("--clients: {e}"))?,
-            "--calls" => args.calls = value.parse().map_err(|e| format!("--calls: {e}"))?,
-            "--rounds" => args.rounds = value.parse().map_err(|e| format!("--rounds: {e}"))?,
-            "--work-us" => args.work_us = value.parse().map_err(|e| format!("--work-us: {e}"))?,
-            _ => {
-                return Err(
-                    "usage: ws_stalled [--clients N] [--calls N] [--rounds N] [--work-us US]"
-                        .into(),
-                );
-            }
-        }
-    }
-    if args.clients > 5_000 || args.calls > 10_000_000 || args.rounds == 0 || args.rounds > 20 {
-        return Err("--clients ≤ 5000, --calls ≤ 10,000,000, --rounds 1..=20 (bounded)".into());
-    }
-    Ok(args)
 }
 
 /// Nanoseconds this thread has spent on a CPU (`/proc/thread-self/schedstat`).
@@ -157,13 +138,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let monitor = perfmon::Monitor::builder().metrics(false).build();
     let config = perfmon_ws::Config::default()
         .stall_limit(Duration::from_secs(3_600))
@@ -199,7 +174,7 @@ fn main() -> std::process::ExitCode {
         );
         none.push(ns);
 
-        let clients = stall(&clients_rt, addr, args.clients);
+        let clients = stall(&clients_rt, addr, usize::from(args.clients));
         // Let the sockets fill and the queues reach their limit first.
         host_round(&monitor, args.calls / 4, round, args.work_us);
         std::thread::sleep(Duration::from_millis(300));

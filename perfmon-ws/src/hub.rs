@@ -616,6 +616,9 @@ mod tests {
         Pull,
         /// The writer takes up to n items.
         Take(usize),
+        /// The client asks for a replay after this share (in 1/16ths) of
+        /// what was published so far.
+        Replay(u64),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -623,6 +626,7 @@ mod tests {
             4 => any::<bool>().prop_map(Step::Publish),
             1 => Just(Step::Pull),
             1 => (1usize..8).prop_map(Step::Take),
+            1 => (0u64..17).prop_map(Step::Replay),
         ]
     }
 
@@ -683,19 +687,42 @@ mod tests {
             let queue = Arc::new(Queue::new(capacity, Filter::default()));
             let _ = hub.attach(Arc::clone(&queue), None);
             let (mut seq, mut received, mut dropped) = (0u64, Vec::new(), 0u64);
+            // Replays: what each accepted one must send, and what was sent.
+            let (mut replays_expected, mut replays_received) = (Vec::new(), Vec::new());
+            let mut replay_pending = false;
             for step in steps.into_iter().chain([Step::Pull, Step::Take(usize::MAX)]) {
                 match step {
                     Step::Publish(high) => { seq += 1; publish(&hub, seq, high); }
                     Step::Pull => { queue.pull(&hub); }
                     Step::Take(n) => {
+                        let from_replay = lock(&queue.inner).replay.len().min(n);
                         let batch = queue.take(n);
-                        received.extend(batch.items.iter().map(|i| i.seq));
+                        let (replayed, live) = batch.items.split_at(from_replay);
+                        replays_received.extend(replayed.iter().map(|i| i.seq));
+                        received.extend(live.iter().map(|i| i.seq));
                         dropped += batch.dropped.map_or(0, |d| d.count);
+                        if lock(&queue.inner).replay.is_empty() {
+                            replay_pending = false;
+                        }
+                    }
+                    Step::Replay(share) => {
+                        let accepted = queue.try_begin_replay();
+                        prop_assert_eq!(accepted, !replay_pending, "one replay at a time");
+                        if accepted {
+                            let items = hub.replay(seq * share / 16).items;
+                            replays_expected.extend(items.iter().map(|i| i.seq));
+                            // Done when the writer has taken it all (at once if empty).
+                            replay_pending = true;
+                            queue.push_replay(items);
+                        }
                     }
                 }
             }
             prop_assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, no duplicate: {received:?}");
             prop_assert_eq!(received.len() as u64 + dropped, seq);
+            // Every replay arrives whole, in order, before the live items
+            // queued after it: the same items the ring held.
+            prop_assert_eq!(replays_received, replays_expected);
         }
 
         /// With no take in between, a full queue keeps the high items: low

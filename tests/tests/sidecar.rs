@@ -419,8 +419,15 @@ fn client_until_close(
 }
 
 /// What `#[tokio::main]` does: the runtime ends as soon as `main` returns.
+/// For the sidecar on its own thread (the default) and on the host's runtime.
 #[test]
 fn clients_get_1001_when_main_returns_right_after_shutdown() {
+    for own_thread in [true, false] {
+        main_returns_right_after_shutdown(own_thread);
+    }
+}
+
+fn main_returns_right_after_shutdown(own_thread: bool) {
     let monitor = Monitor::builder().metrics(false).build();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -431,6 +438,7 @@ fn clients_get_1001_when_main_returns_right_after_shutdown() {
     let client = runtime.block_on(async {
         let sidecar = Sidecar::builder()
             .bind("127.0.0.1:0")
+            .own_thread(own_thread)
             .serve(&monitor)
             .unwrap();
         let client = client_until_close(sidecar.local_addr(), connected_tx);
@@ -442,13 +450,19 @@ fn clients_get_1001_when_main_returns_right_after_shutdown() {
     assert_eq!(
         client.join().unwrap(),
         Some(1001),
-        "going away, resume with ?since="
+        "going away, resume with ?since= (own thread: {own_thread})"
     );
 }
 
 /// On a current-thread runtime, `close().await` is the form that waits.
 #[test]
 fn close_awaits_the_close_frames_on_a_current_thread_runtime() {
+    for own_thread in [true, false] {
+        close_awaits_on_a_current_thread_runtime(own_thread);
+    }
+}
+
+fn close_awaits_on_a_current_thread_runtime(own_thread: bool) {
     let monitor = Monitor::builder().metrics(false).build();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -458,6 +472,7 @@ fn close_awaits_the_close_frames_on_a_current_thread_runtime() {
     let client = runtime.block_on(async {
         let sidecar = Sidecar::builder()
             .bind("127.0.0.1:0")
+            .own_thread(own_thread)
             .serve(&monitor)
             .unwrap();
         let client = client_until_close(sidecar.local_addr(), connected_tx);
@@ -468,5 +483,58 @@ fn close_awaits_the_close_frames_on_a_current_thread_runtime() {
         client
     });
     drop(runtime);
-    assert_eq!(client.join().unwrap(), Some(1001));
+    assert_eq!(
+        client.join().unwrap(),
+        Some(1001),
+        "own thread: {own_thread}"
+    );
+}
+
+/// By default the sidecar serves from its own thread even when started
+/// inside a runtime: a host whose runtime is busy (here: its only worker
+/// blocked) still gets its dashboard answered, and nothing the sidecar's
+/// clients do runs on the host's workers. With `own_thread(false)` it shares
+/// the host's runtime and the same request waits for the host.
+#[test]
+fn the_sidecar_serves_from_its_own_thread_unless_told_to_share_the_runtime() {
+    for own_thread in [true, false] {
+        let monitor = Monitor::builder().metrics(false).build();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answered = runtime.block_on(async {
+            let sidecar = Sidecar::builder()
+                .bind("127.0.0.1:0")
+                .own_thread(own_thread)
+                .serve(&monitor)
+                .unwrap();
+            let addr = sidecar.local_addr();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let asker = std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(1500)))
+                    .unwrap();
+                std::io::Write::write_all(
+                    &mut stream,
+                    format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .unwrap();
+                let mut buf = [0u8; 64];
+                let n = std::io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+                tx.send(buf[..n].starts_with(b"HTTP/1.1 200")).unwrap();
+            });
+            // The host's one worker is busy (blocked) while the request is made.
+            let answered = rx.recv_timeout(Duration::from_secs(3)).unwrap_or(false);
+            asker.join().unwrap();
+            sidecar.close().await;
+            answered
+        });
+        assert_eq!(
+            answered, own_thread,
+            "answered while the host's runtime was blocked (own thread: {own_thread})"
+        );
+    }
 }

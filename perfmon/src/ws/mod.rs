@@ -94,6 +94,7 @@ pub enum SidecarError {
 pub struct SidecarBuilder {
     bind: String,
     config: Config,
+    own_thread: bool,
 }
 
 /// A running sidecar. It stops when dropped: keep it for as long as it
@@ -127,6 +128,7 @@ impl Sidecar {
         SidecarBuilder {
             bind: DEFAULT_BIND.to_owned(),
             config: Config::default(),
+            own_thread: true,
         }
     }
 
@@ -144,12 +146,15 @@ impl Sidecar {
     /// about 2 s) until the close frames are written, so a program that
     /// exits right after it has told every client to resume:
     ///
-    /// - on the sidecar's own thread: waits, and joins the thread;
-    /// - on a multi-thread tokio runtime (`#[tokio::main]`): waits without
+    /// - on the sidecar's own thread (the default): waits, and joins the
+    ///   thread; called from a multi-thread tokio runtime's task, without
     ///   stalling the runtime's other tasks (`block_in_place`);
-    /// - on a current-thread runtime it cannot wait without stopping the
-    ///   very tasks that write the frames, so it returns at once: use
-    ///   [`Sidecar::close`]`.await` there.
+    /// - on the host's multi-thread runtime
+    ///   ([`own_thread(false)`](SidecarBuilder::own_thread)): waits the
+    ///   same way;
+    /// - on the host's current-thread runtime it cannot wait without
+    ///   stopping the very tasks that write the frames, so it returns at
+    ///   once: use [`Sidecar::close`]`.await` there.
     ///
     /// The event bridge that fills the replay ring belongs to the monitor,
     /// not to the sidecar: a sidecar started again on the same monitor
@@ -178,10 +183,22 @@ impl Sidecar {
             Some(Stop::Runtime { server, handle }) => shutdown_on(&handle, server),
             Some(Stop::Thread { stop, thread, .. }) => {
                 let _ = stop.send(());
-                let _ = thread.join();
+                without_stalling_the_runtime(|| {
+                    let _ = thread.join();
+                });
             }
             None => {}
         }
+    }
+}
+
+/// Runs `wait` (a bounded blocking wait) so that, called from a task of a
+/// multi-thread runtime, the runtime's other tasks go on meanwhile.
+fn without_stalling_the_runtime(wait: impl FnOnce()) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
     }
 }
 
@@ -252,6 +269,20 @@ impl SidecarBuilder {
         self
     }
 
+    /// Serve from a thread of its own with its own (current-thread)
+    /// runtime (default `true`), as tokio-console's server does, so that
+    /// what the sidecar's clients make it do never delays the host's tasks.
+    /// `false` serves on the caller's tokio runtime when
+    /// [`serve`](SidecarBuilder::serve) is called inside one (one thread
+    /// fewer): its tasks then share the host's workers, and under a
+    /// hostile load they delay the host's tasks (BENCHMARKS.md, "The
+    /// host's runtime": p99 scheduling delay ~46× with a shared runtime,
+    /// ~1× with its own thread).
+    pub fn own_thread(mut self, enabled: bool) -> Self {
+        self.own_thread = enabled;
+        self
+    }
+
     /// Offer compressed frames (subprotocol `perfmon.v1.deflate`) to clients
     /// that ask for them: about 8× fewer bytes on a typical stream, for some
     /// CPU per connection (see PROTOCOL.md). Default off.
@@ -275,9 +306,10 @@ impl SidecarBuilder {
         self
     }
 
-    /// Binds and starts serving `monitor`: on the current tokio runtime if
-    /// there is one, else on a thread of its own with its own runtime (which
-    /// records no tracing of itself).
+    /// Binds and starts serving `monitor`: on a thread of its own with its
+    /// own runtime, which records no tracing of itself, or on the current
+    /// tokio runtime if there is one and
+    /// [`own_thread(false)`](SidecarBuilder::own_thread) was set.
     ///
     /// # Errors
     ///
@@ -300,7 +332,10 @@ impl SidecarBuilder {
         config.index_html = config.index_html.or(Some(INDEX_HTML));
         let hub = bridge::hub_of(monitor, config.ring_capacity)?;
 
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        if let Some(handle) = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|_| !self.own_thread)
+        {
             let _enter = handle.enter();
             let server = Server::start(listener, config, backend, hub)?;
             return Ok(Sidecar {
