@@ -34,7 +34,15 @@ fn rss_bytes() -> Option<u64> {
 async fn stalled_clients_cost_a_healthy_one_nothing() {
     const STALLED: usize = 300;
     let monitor = Monitor::builder().metrics(false).build();
-    let config = perfmon::ws::Config::default().stall_limit(Duration::from_secs(3));
+    // A 4,096-event queue (~0.7 s at this rate) so that the healthy reader,
+    // which shares this machine's CPU with everything else, survives being
+    // descheduled for a moment: with the default 1,024, one busy process on
+    // a 2-core machine made it lose events whatever the stalled clients did.
+    // Without the send-buffer cap it still loses thousands (1,360 and 13,322
+    // in two runs with this queue).
+    let config = perfmon::ws::Config::default()
+        .stall_limit(Duration::from_secs(3))
+        .queue_capacity(4_096);
     let sidecar = Sidecar::builder()
         .bind("127.0.0.1:0")
         .config(config)
