@@ -7,9 +7,12 @@
 //!
 //! Each pipeline: a `planner`, then `geometry`, `physics` (which runs a
 //! `solver` inside it) and `materials` in parallel (`physics` is the clear
-//! bottleneck, on its self time), then `codegen` (fails now and then) and a
-//! `reviewer`. Every report is printed with its bottlenecks and critical
-//! path; every few pipelines, the slowest agents.
+//! bottleneck, on its self time), then `codegen`, which calls the `compile`
+//! tool (its output streams live; it fails now and then), and a `reviewer`.
+//! The `planner` and the `reviewer` report token usage and cost, as
+//! model-backed agents would. Every report is printed with its bottlenecks,
+//! critical path and usage; every few pipelines, the slowest agents and
+//! tools with their tokens and cost.
 //!
 //! Every fifth pipeline also starts an `indexer` task without carrying the
 //! pipeline's span, on purpose: perfmon counts that run as outside any
@@ -94,11 +97,44 @@ async fn materials(time: Duration) {
     work(&["lookup", "fit"], time).await;
 }
 
-/// An `Err` marks the run failed, with the error's `Display` text.
+/// An `Err` marks the run failed, with the error's `Display` text. The
+/// agent calls a tool, `compile`, whose output streams live.
 #[perfmon::track_agent(name = "codegen")]
 async fn generate_code(n: u64, time: Duration, fails: bool) -> Result<(), CodegenError> {
-    work(&["emit", "compile"], time).await;
-    if fails { Err(CodegenError(n)) } else { Ok(()) }
+    work(&["emit"], time / 2).await;
+    compile(n, time / 2, fails).await
+}
+
+/// A tool: a run of kind `tool` nested in the agent that called it, with
+/// its own timing and statistics; `output!` lines are its live output.
+#[perfmon::track_tool]
+async fn compile(n: u64, time: Duration, fails: bool) -> Result<(), CodegenError> {
+    let files = ["model.rs", "solver.rs", "mesh.rs", "main.rs"];
+    for file in files {
+        perfmon::output!(stream = "stdout", "   Compiling {file} (project {n})");
+        tokio::time::sleep(time / files.len() as u32).await;
+    }
+    if fails {
+        perfmon::output!(
+            stream = "stderr",
+            "error[E0308]: mismatched types --> solver.rs:42:17"
+        );
+        Err(CodegenError(n))
+    } else {
+        perfmon::output!(
+            stream = "stdout",
+            "    Finished release in {:.2}s",
+            time.as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+/// What a model-backed agent reports after each call: tokens and cost
+/// (prices per million tokens of a made-up model).
+fn report_usage(model: &str, input_tokens: u64, output_tokens: u64) {
+    let cost_usd = (input_tokens as f64 * 2.0 + output_tokens as f64 * 8.0) / 1e6;
+    perfmon::usage!(model = model, input_tokens, output_tokens, cost_usd);
 }
 
 #[derive(Debug)]
@@ -119,7 +155,8 @@ async fn pipeline(n: u64, jitter: &mut Jitter) -> Result<(), CodegenError> {
         span.in_scope(|| {
             let _planner = perfmon::agent("planner");
             perfmon::thought!("splitting project {n} into geometry, physics and materials");
-            std::thread::sleep(planning); // stands in for real work
+            std::thread::sleep(planning); // stands in for a model call
+            report_usage("gpt-4.1", 1_200 + n % 7 * 40, 300 + n % 5 * 20);
         })
     })
     .await;
@@ -145,9 +182,13 @@ async fn pipeline(n: u64, jitter: &mut Jitter) -> Result<(), CodegenError> {
     generate_code(n, jitter.ms(250, 100), fails).await?;
 
     // The extension trait works on any future, without an attribute.
-    work(&["review"], jitter.ms(150, 80))
-        .track_agent("reviewer")
-        .await;
+    let review = jitter.ms(150, 80);
+    async move {
+        work(&["review"], review).await;
+        report_usage("gpt-4.1-mini", 2_400, 180);
+    }
+    .track_agent("reviewer")
+    .await;
     Ok(())
 }
 
@@ -210,28 +251,34 @@ async fn main() -> ExitCode {
     sidecar.shutdown();
     let overview = monitor.overview();
     println!(
-        "\n{} pipelines ({} failed), {} agent runs ({} outside any pipeline), mean pipeline {:.2?}",
+        "\n{} pipelines ({} failed), {} agent runs ({} outside any pipeline), mean pipeline {:.2?}; {}",
         overview.pipelines_total,
         overview.pipelines_failed,
         overview.agent_runs_total,
         overview.runs_outside_pipeline,
-        overview.avg_pipeline_duration
+        overview.avg_pipeline_duration,
+        overview.usage
     );
     ExitCode::SUCCESS
 }
 
 fn print_slowest(monitor: &Monitor) {
-    println!("\nslowest agents          runs  fail%      p50      p90      p99 self p50");
-    for s in monitor.slowest_agents(6) {
+    println!(
+        "\nslowest agents and tools  kind   runs  fail%      p50      p90      p99 self p50   tokens     cost"
+    );
+    for s in monitor.slowest_agents(8) {
         println!(
-            "  {:<18} {:>6} {:>5.1}% {:>8.1?} {:>8.1?} {:>8.1?} {:>8.1?}",
+            "  {:<22} {:<5} {:>5} {:>5.1}% {:>8.1?} {:>8.1?} {:>8.1?} {:>8.1?} {:>8} {:>8}",
             s.agent,
+            s.kind.as_str(),
             s.runs,
             s.failure_rate * 100.0,
             s.p50,
             s.p90,
             s.p99,
-            s.self_p50
+            s.self_p50,
+            s.usage.total_tokens(),
+            format!("${:.4}", s.usage.cost_usd)
         );
     }
 }

@@ -17,7 +17,8 @@
 //! once), `future-registry` (the same future `.instrument`ed, Registry only:
 //! the async baseline), `nested` (an agent with one agent inside it: two
 //! runs per iteration, and the inner one's time subtracted from the outer
-//! one's self time), `none` (`perfmon::agent` with no subscriber). See
+//! one's self time), `tool` (`perfmon::tool` inside one pipeline: compare
+//! with `pipeline`), `none` (`perfmon::agent` with no subscriber). See
 //! BENCHMARKS.md.
 
 use std::future::Future;
@@ -67,6 +68,13 @@ fn main() {
             let pipeline = monitor.start_pipeline("loop");
             for _ in 0..runs {
                 drop(black_box(perfmon::agent("geometry")));
+            }
+            drop(pipeline);
+        }),
+        "tool" => tracing::dispatcher::with_default(&with_layer(), || {
+            let pipeline = monitor.start_pipeline("loop");
+            for _ in 0..runs {
+                drop(black_box(perfmon::tool("compile")));
             }
             drop(pipeline);
         }),

@@ -20,6 +20,7 @@ mod kw {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Agent,
+    Tool,
     Pipeline,
 }
 
@@ -27,6 +28,7 @@ impl Kind {
     pub(crate) fn attr_name(self) -> &'static str {
         match self {
             Kind::Agent => "track_agent",
+            Kind::Tool => "track_tool",
             Kind::Pipeline => "track_pipeline",
         }
     }
@@ -97,7 +99,7 @@ impl Args {
         let mut seen = Vec::new();
         while !input.is_empty() {
             let lookahead = input.lookahead1();
-            if kind == Kind::Agent && lookahead.peek(kw::name) {
+            if kind != Kind::Pipeline && lookahead.peek(kw::name) {
                 once(&mut seen, input.parse::<kw::name>()?.span, "name")?;
                 input.parse::<Token![=]>()?;
                 let value: Expr = input.parse()?;

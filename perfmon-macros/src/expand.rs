@@ -138,12 +138,17 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
     // Fields: what identifies the span to perfmon, then the user's.
     let empty = quote!(::perfmon::__private::tracing::field::Empty);
     let mut fields = match kind {
-        Kind::Agent => {
+        Kind::Agent | Kind::Tool => {
             let name = args
                 .name
                 .as_ref()
                 .map_or_else(|| span_name.to_token_stream(), ToTokens::to_token_stream);
-            quote!(perfmon.agent = #name, perfmon.outcome = #empty, perfmon.error = #empty,)
+            let field = if kind == Kind::Tool {
+                quote!(perfmon.tool)
+            } else {
+                quote!(perfmon.agent)
+            };
+            quote!(#field = #name, perfmon.outcome = #empty, perfmon.error = #empty,)
         }
         Kind::Pipeline => {
             let id = args
@@ -154,7 +159,7 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
             quote!(perfmon.pipeline = ::perfmon::__private::tracing::field::display(&(#id)), perfmon.outcome = #empty, perfmon.error = #empty,)
         }
     };
-    if kind == Kind::Agent && !is_async {
+    if kind != Kind::Pipeline && !is_async {
         fields.extend(quote!(perfmon.sync = #empty,));
     }
     for field in &args.fields {

@@ -128,6 +128,25 @@ pub fn track_agent(args: TokenStream, item: TokenStream) -> TokenStream {
     attribute(Kind::Agent, args, item)
 }
 
+/// Times every call of the function as a tool run: like
+/// [`macro@track_agent`] in every way (sync, async, methods; the same
+/// arguments and outcomes), but the run's kind is `tool`. A tool run is
+/// nested in the agent run that called it (`AgentRun::parent`), appears in
+/// the pipeline report's runs with `kind: "tool"`, has its own statistics,
+/// and streams `tool_started` / `tool_completed` events.
+///
+/// ```text
+/// #[perfmon::track_tool]                         // named after the function
+/// fn compile(src: &Path) -> Result<Binary, CompileError> { .. }
+///
+/// #[perfmon::track_tool(name = "web-search")]
+/// async fn search(q: &str) -> Vec<Hit> { .. }
+/// ```
+#[proc_macro_attribute]
+pub fn track_tool(args: TokenStream, item: TokenStream) -> TokenStream {
+    attribute(Kind::Tool, args, item)
+}
+
 /// Runs every call of the function as a perfmon pipeline whose id is the
 /// expression given (it may use the arguments).
 ///

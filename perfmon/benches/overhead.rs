@@ -173,5 +173,38 @@ fn async_agent(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, macro_no_subscriber, sync_agent, async_agent);
+/// Tools against agents, and `output!` / `usage!` against `progress!`.
+fn tools(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tools");
+    group.bench_function("no_subscriber/progress (baseline)", |b| {
+        b.iter(|| perfmon::progress!(percent = black_box(40.0), stage = "mesh"))
+    });
+    group.bench_function("no_subscriber/output", |b| {
+        b.iter(|| perfmon::output!(stream = "stdout", "line {}", black_box(7)))
+    });
+    group.bench_function("no_subscriber/usage", |b| {
+        b.iter(|| {
+            perfmon::usage!(
+                input_tokens = black_box(1200_u64),
+                output_tokens = 310_u64,
+                cost_usd = 0.0061
+            )
+        })
+    });
+    let monitor = Monitor::builder().metrics(false).build();
+    let with_layer = tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
+    tracing::dispatcher::with_default(&with_layer, || {
+        let pipeline = monitor.start_pipeline("bench");
+        group.bench_function("perfmon_layer/agent_in_pipeline (baseline)", |b| {
+            b.iter(|| drop(black_box(perfmon::agent("codegen"))))
+        });
+        group.bench_function("perfmon_layer/tool_in_pipeline", |b| {
+            b.iter(|| drop(black_box(perfmon::tool("compile"))))
+        });
+        drop(pipeline);
+    });
+    group.finish();
+}
+
+criterion_group!(benches, macro_no_subscriber, sync_agent, async_agent, tools);
 criterion_main!(benches);

@@ -15,7 +15,7 @@ use crate::outcome::Outcome;
 /// The error text of an `Err`, for `Result`-returning functions.
 #[inline]
 pub fn err_text<T, E: Display>(result: &Result<T, E>) -> Option<String> {
-    result.as_ref().err().map(ToString::to_string)
+    crate::guard::error_text(result)
 }
 
 /// For functions whose output is not a `Result`: never an error.

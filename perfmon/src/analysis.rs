@@ -148,6 +148,11 @@ mod tests {
             outcome: Outcome::Succeeded,
             offset: Duration::from_millis(start_ms),
             parent,
+            kind: crate::record::RunKind::Agent,
+            usage: crate::usage::Usage::default(),
+            model: None,
+            output: Vec::new(),
+            output_dropped: 0,
         }
     }
 
@@ -264,6 +269,11 @@ mod properties {
                 outcome: Outcome::Succeeded,
                 offset: Duration::from_micros(start),
                 parent: None,
+                kind: crate::record::RunKind::Agent,
+                usage: crate::usage::Usage::default(),
+                model: None,
+                output: Vec::new(),
+                output_dropped: 0,
             })
             .collect();
         runs.sort_by_key(|r| r.offset); // reports list runs in start order

@@ -37,6 +37,11 @@ impl Monitor {
     }
 }
 
+/// Default of [`MonitorBuilder::max_output_lines`].
+pub const DEFAULT_MAX_OUTPUT_LINES: usize = 50;
+/// Default of [`MonitorBuilder::max_output_line_bytes`].
+pub const DEFAULT_MAX_OUTPUT_LINE_BYTES: usize = 1_024;
+
 /// Builds a [`Monitor`]. Out-of-range values panic at the builder call,
 /// naming the valid range, like `tokio::runtime::Builder`.
 #[derive(Debug)]
@@ -62,6 +67,8 @@ impl Default for MonitorBuilder {
                 recent_capacity: 1_000,
                 max_runs_per_pipeline: 10_000,
                 metrics: true,
+                max_output_lines: DEFAULT_MAX_OUTPUT_LINES,
+                max_output_line_bytes: DEFAULT_MAX_OUTPUT_LINE_BYTES,
             },
             event_queue_capacity: 8_192,
             subscriber_capacity: 4_096,
@@ -123,6 +130,30 @@ impl MonitorBuilder {
     pub fn max_runs_per_pipeline(mut self, n: usize) -> Self {
         assert!(n > 0, "max_runs_per_pipeline must be at least 1, got 0");
         self.config.max_runs_per_pipeline = n;
+        self
+    }
+
+    /// How many lines of output (`perfmon::output!`) each run keeps in its
+    /// report: its last `n` (`AgentRun::output`). Older lines still stream
+    /// as `tool_output` events; the report counts them in
+    /// `AgentRun::output_dropped`, the overview in `output_lines_dropped`.
+    /// Default 50; 0 keeps none.
+    pub fn max_output_lines(mut self, n: usize) -> Self {
+        self.config.max_output_lines = n;
+        self
+    }
+
+    /// Output lines longer than `bytes` are cut there (on a character
+    /// boundary), marked `cut`, and counted in `Overview::output_lines_cut`.
+    /// Default 1,024.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is 0.
+    #[track_caller]
+    pub fn max_output_line_bytes(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "max_output_line_bytes must be at least 1, got 0");
+        self.config.max_output_line_bytes = bytes;
         self
     }
 

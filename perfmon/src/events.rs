@@ -29,6 +29,7 @@ use crate::metrics;
 use crate::outcome::Outcome;
 use crate::record::{PipelineReport, ser};
 use crate::sync::lock;
+use crate::usage::Usage;
 
 /// One thing that happened, as streamed to subscribers and over the wire.
 ///
@@ -60,7 +61,10 @@ impl Event {
             EventKind::AgentStarted { agent, .. }
             | EventKind::AgentProgress { agent, .. }
             | EventKind::Thought { agent, .. }
-            | EventKind::AgentCompleted { agent, .. } => Some(agent),
+            | EventKind::AgentCompleted { agent, .. }
+            | EventKind::ToolStarted { agent, .. }
+            | EventKind::ToolOutput { agent, .. }
+            | EventKind::ToolCompleted { agent, .. } => Some(agent),
             EventKind::Error { agent, .. } => agent.as_deref(),
             _ => None,
         }
@@ -133,6 +137,53 @@ pub enum EventKind {
         outcome: Outcome,
         /// The pipeline's run number, if inside one.
         run: Option<u64>,
+        /// Tokens and cost reported in the run (`usage!`), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+    },
+    /// A tool span opened (`#[track_tool]`, `perfmon::tool`, `track_tool`):
+    /// the same data as `agent_started`, `agent` naming the tool.
+    ToolStarted {
+        /// The tool's name.
+        agent: Arc<str>,
+        /// The pipeline's run number, if inside one.
+        run: Option<u64>,
+        /// The agent (or tool) whose run called it, if any.
+        parent: Option<Arc<str>>,
+    },
+    /// One line of a run's live output (`perfmon::output!`), in a tool run
+    /// or an agent run. Low priority: a slow client loses these first.
+    ToolOutput {
+        /// The tool (or agent) that wrote it.
+        agent: Arc<str>,
+        /// `stdout`, `stderr`, ... (`"out"` if not given).
+        stream: Arc<str>,
+        /// The line, cut at `max_output_line_bytes`.
+        line: String,
+        /// Whether the line was cut.
+        cut: bool,
+    },
+    /// A tool span closed: the same data as `agent_completed`.
+    ToolCompleted {
+        /// The tool's name.
+        agent: Arc<str>,
+        /// Wall time.
+        #[serde(rename = "duration_ms", serialize_with = "ser::ms")]
+        duration: Duration,
+        /// Wall time minus the time covered by the runs nested in it.
+        #[serde(rename = "self_time_ms", serialize_with = "ser::ms")]
+        self_time: Duration,
+        /// Busy (polled) time, for futures.
+        #[serde(rename = "busy_ms", serialize_with = "ser::opt_ms")]
+        busy: Option<Duration>,
+        /// How it ended: `outcome` and, when failed, `error`.
+        #[serde(flatten)]
+        outcome: Outcome,
+        /// The pipeline's run number, if inside one.
+        run: Option<u64>,
+        /// Tokens and cost reported in the run (`usage!`), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
     },
     /// A pipeline finished: the whole report, with `bottlenecks` and `critical_path`.
     PipelineCompleted(Arc<PipelineReport>),
@@ -155,6 +206,9 @@ impl EventKind {
             EventKind::Thought { .. } => "thought",
             EventKind::StateUpdate { .. } => "state_update",
             EventKind::AgentCompleted { .. } => "agent_completed",
+            EventKind::ToolStarted { .. } => "tool_started",
+            EventKind::ToolOutput { .. } => "tool_output",
+            EventKind::ToolCompleted { .. } => "tool_completed",
             EventKind::PipelineCompleted(_) => "pipeline_completed",
             EventKind::Error { .. } => "error",
         }

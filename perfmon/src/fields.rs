@@ -7,6 +7,9 @@
 
 /// Field that makes a span an agent run; its value is the agent's name.
 pub const AGENT_FIELD: &str = "perfmon.agent";
+/// Field that makes a span a tool run (a run of kind `tool`: a compiler, a
+/// search, a shell command an agent calls); its value is the tool's name.
+pub const TOOL_FIELD: &str = "perfmon.tool";
 /// Field that makes a span a pipeline; its value is the pipeline's id.
 pub const PIPELINE_FIELD: &str = "perfmon.pipeline";
 /// Record it on an agent or pipeline span to mark it failed with that error.
@@ -22,6 +25,22 @@ pub const SYNC_FIELD: &str = "perfmon.sync";
 pub const PROGRESS_TARGET: &str = "perfmon::progress";
 /// Target of `perfmon::thought!` events.
 pub const THOUGHT_TARGET: &str = "perfmon::thought";
+
+/// Target of `perfmon::output!` events: one line of a run's live output.
+pub const OUTPUT_TARGET: &str = "perfmon::output";
+/// Target of `perfmon::usage!` events: tokens and cost of the current run.
+pub const USAGE_TARGET: &str = "perfmon::usage";
+
+/// Field of output events: the stream (`stdout`, `stderr`, ...).
+pub(crate) const STREAM_FIELD: &str = "stream";
+/// Field of usage events: the model's name.
+pub(crate) const MODEL_FIELD: &str = "model";
+/// Field of usage events: input (prompt) tokens.
+pub(crate) const INPUT_TOKENS_FIELD: &str = "input_tokens";
+/// Field of usage events: output (completion) tokens.
+pub(crate) const OUTPUT_TOKENS_FIELD: &str = "output_tokens";
+/// Field of usage events: cost in US dollars.
+pub(crate) const COST_FIELD: &str = "cost_usd";
 
 /// Field of progress events: percent done, 0–100.
 pub(crate) const PERCENT_FIELD: &str = "percent";

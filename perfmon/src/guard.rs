@@ -1,5 +1,5 @@
-//! Guards that open perfmon spans: [`PipelineGuard`], [`AgentGuard`], and
-//! [`TrackAgentExt`] for futures.
+//! Guards that open perfmon spans: [`PipelineGuard`], [`AgentGuard`],
+//! [`ToolGuard`], and [`TrackAgentExt`] for futures.
 //!
 //! Guards only make spans and record outcomes on them; all timing happens in
 //! [`PerfmonLayer`](crate::PerfmonLayer). Without a subscriber that enables
@@ -30,6 +30,12 @@ use crate::pipeline::PipelineState;
 use crate::record::PipelineReport;
 use crate::recorder::Recorder;
 use crate::unseen;
+
+/// The error text of an `Err`: what fails a tracked `Result`.
+#[inline]
+pub(crate) fn error_text<T, E: fmt::Display>(result: &Result<T, E>) -> Option<String> {
+    result.as_ref().err().map(ToString::to_string)
+}
 
 /// The outcome of something dropped before it completed: `panicked` while
 /// the thread unwinds, else `otherwise`.
@@ -91,11 +97,74 @@ pub fn agent(name: &str) -> AgentGuard {
         perfmon.outcome = Empty,
         perfmon.error = Empty,
     );
-    unseen::check(&span);
-    AgentGuard {
-        span: span.entered(),
-        done: false,
-        _not_send: PhantomData,
+    AgentGuard::enter(span)
+}
+
+/// Starts a tool run named `name` (a compiler, a search, a shell command),
+/// as a child of the current span, and enters it on this thread until the
+/// guard is dropped: [`agent()`] for tools.
+///
+/// A tool run is a run of kind [`RunKind::Tool`](crate::RunKind::Tool),
+/// nested in the agent run that called it, with the same timing, outcomes
+/// and statistics as an agent's; it streams `tool_started` and
+/// `tool_completed`. Lines written with [`output!`](crate::output) while it
+/// runs are its output.
+///
+/// The span has target `perfmon`, level `INFO`, name `tool`, and the field
+/// `perfmon.tool = name`.
+///
+/// ```
+/// let monitor = perfmon::Monitor::new();
+/// # let _s = tracing::subscriber::set_default(
+/// #     tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), monitor.layer()));
+/// let pipeline = monitor.start_pipeline("proj_1");
+/// {
+///     let _agent = perfmon::agent("codegen");
+///     let tool = perfmon::tool("cargo-test");
+///     perfmon::output!(stream = "stdout", "running 3 tests");
+///     tool.fail("1 test failed");
+/// }
+/// let report = pipeline.finish();
+/// let test = &report.agents[1];
+/// assert_eq!((test.agent.as_str(), test.kind), ("cargo-test", perfmon::RunKind::Tool));
+/// assert_eq!(test.parent, Some(0)); // called by codegen
+/// assert_eq!(test.output[0].line, "running 3 tests");
+/// ```
+#[inline]
+pub fn tool(name: &str) -> ToolGuard {
+    let span = tracing::info_span!(
+        target: "perfmon",
+        "tool",
+        perfmon.tool = name,
+        perfmon.sync = Empty,
+        perfmon.outcome = Empty,
+        perfmon.error = Empty,
+    );
+    ToolGuard(AgentGuard::enter(span))
+}
+
+/// A tool run in progress on this thread; from [`tool()`]. Ends as
+/// [`AgentGuard`] does: dropped (succeeded), [`fail`](ToolGuard::fail), or
+/// `panicked` when dropped while panicking. `!Send`, like [`AgentGuard`].
+#[must_use = "a tool run ends when its guard is dropped: bind it with `let _tool = ...`"]
+#[derive(Debug)]
+pub struct ToolGuard(AgentGuard);
+
+impl ToolGuard {
+    /// Ends the run as succeeded (the same as dropping the guard).
+    #[inline]
+    pub fn succeed(self) {
+        self.0.succeed();
+    }
+
+    /// Ends the run as failed, keeping `error`'s `Display` text.
+    pub fn fail(self, error: impl fmt::Display) {
+        self.0.fail(error);
+    }
+
+    /// The run's span.
+    pub fn span(&self) -> &Span {
+        self.0.span()
     }
 }
 
@@ -127,6 +196,16 @@ impl fmt::Debug for AgentGuard {
 }
 
 impl AgentGuard {
+    #[inline]
+    fn enter(span: Span) -> Self {
+        unseen::check(&span);
+        AgentGuard {
+            span: span.entered(),
+            done: false,
+            _not_send: PhantomData,
+        }
+    }
+
     /// Ends the run as succeeded (the same as dropping the guard).
     #[inline]
     pub fn succeed(mut self) {
@@ -248,6 +327,7 @@ impl PipelineRecorder {
             critical_runs: Vec::new(),
             aggregated: Vec::new(),
             unfinished: Vec::new(),
+            usage: crate::Usage::default(),
         }
     }
 }
@@ -423,9 +503,24 @@ pub trait TrackAgentExt: Future + Sized {
         Self: Future<Output = Result<T, E>>,
         E: fmt::Display,
     {
-        TrackedAgent::new(self, name, |out| {
-            out.as_ref().err().map(ToString::to_string)
-        })
+        TrackedAgent::new(self, name, error_text)
+    }
+
+    /// Wraps the future in a tool span named `name`: like
+    /// [`track_agent`](TrackAgentExt::track_agent), for a tool the current
+    /// agent calls (`search(q).track_tool("web-search").await`).
+    fn track_tool(self, name: &str) -> TrackedAgent<Self> {
+        TrackedAgent::new_tool(self, name, |_| None)
+    }
+
+    /// Like [`track_tool`](TrackAgentExt::track_tool), and an `Err` output
+    /// marks the run failed with the error's `Display` text.
+    fn track_tool_result<T, E>(self, name: &str) -> TrackedAgent<Self>
+    where
+        Self: Future<Output = Result<T, E>>,
+        E: fmt::Display,
+    {
+        TrackedAgent::new_tool(self, name, error_text)
     }
 }
 
@@ -478,6 +573,17 @@ impl<F: Future> TrackedAgent<F> {
             target: "perfmon",
             "agent",
             perfmon.agent = name,
+            perfmon.outcome = Empty,
+            perfmon.error = Empty,
+        );
+        Self::from_span(span, inner, error_of, false)
+    }
+
+    fn new_tool(inner: F, name: &str, error_of: fn(&F::Output) -> Option<String>) -> Self {
+        let span = tracing::info_span!(
+            target: "perfmon",
+            "tool",
+            perfmon.tool = name,
             perfmon.outcome = Empty,
             perfmon.error = Empty,
         );

@@ -122,7 +122,8 @@
 
 // Dependency order, bottom to top (no two modules import each other; see
 // README's Architecture section):
-//   outcome, fields, sync, coverage, unseen → record, analysis, stats, pipeline, metrics, events
+//   outcome, fields, sync, coverage, unseen, usage → record → output, analysis, stats,
+//   pipeline, metrics, events
 //   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws
 mod analysis;
 mod builder;
@@ -136,6 +137,7 @@ mod layer;
 pub mod metrics;
 mod monitor;
 mod outcome;
+mod output;
 mod pipeline;
 mod record;
 mod recorder;
@@ -144,31 +146,38 @@ mod sampler;
 mod stats;
 mod sync;
 mod unseen;
+mod usage;
 #[cfg(feature = "ws")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
 pub mod ws;
 
-pub use builder::{DEFAULT_BOTTLENECK_THRESHOLD, MonitorBuilder};
+pub use builder::{
+    DEFAULT_BOTTLENECK_THRESHOLD, DEFAULT_MAX_OUTPUT_LINE_BYTES, DEFAULT_MAX_OUTPUT_LINES,
+    MonitorBuilder,
+};
 pub use clock::MockClock;
 pub use events::{Event, EventKind, Subscription};
 pub use exporter::{EXPORT_BATCH_MAX, Exporter, ExporterError, ExporterHandle};
 pub use fields::{
-    AGENT_FIELD, ERROR_FIELD, OUTCOME_FIELD, PIPELINE_FIELD, PROGRESS_TARGET, SYNC_FIELD,
-    THOUGHT_TARGET,
+    AGENT_FIELD, ERROR_FIELD, OUTCOME_FIELD, OUTPUT_TARGET, PIPELINE_FIELD, PROGRESS_TARGET,
+    SYNC_FIELD, THOUGHT_TARGET, TOOL_FIELD, USAGE_TARGET,
 };
-pub use guard::{AgentGuard, PipelineGuard, TrackAgentExt, TrackedAgent, TrackedPipeline, agent};
+pub use guard::{
+    AgentGuard, PipelineGuard, ToolGuard, TrackAgentExt, TrackedAgent, TrackedPipeline, agent, tool,
+};
 pub use layer::PerfmonLayer;
 pub use monitor::Monitor;
 pub use outcome::{Outcome, UnknownOutcome};
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
-pub use perfmon_macros::{track_agent, track_pipeline};
+pub use perfmon_macros::{track_agent, track_pipeline, track_tool};
 pub use record::{
-    AgentRun, AggregatedRuns, Bottleneck, BottleneckBasis, PipelineReport, PipelineSnapshot,
-    Progress,
+    AgentRun, AggregatedRuns, Bottleneck, BottleneckBasis, OutputLine, PipelineReport,
+    PipelineSnapshot, Progress, RunKind,
 };
 pub use stats::{AgentStats, OutcomeCounts, Overview, ProcessSample};
 pub use unseen::FILTER_DIRECTIVE;
+pub use usage::Usage;
 
 /// Errors from perfmon's setup calls. Recording itself never fails.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +249,54 @@ macro_rules! thought {
     ($($arg:tt)*) => {
         $crate::__private::tracing::event!(
             target: "perfmon::thought",
+            $crate::__private::tracing::Level::INFO,
+            $($arg)*
+        )
+    };
+}
+
+/// Writes one line of live output of the current tool (or agent) run:
+/// `perfmon::output!(stream = "stdout", "{}", line)`. `stream` is optional
+/// (`"out"` if not given).
+///
+/// The line streams as a `tool_output` event (low priority: a slow client
+/// loses these before anything else), and the run keeps its last lines in
+/// its report (`AgentRun::output`, see
+/// [`MonitorBuilder::max_output_lines`]); a line longer than
+/// [`MonitorBuilder::max_output_line_bytes`] is cut and marked. Every cut or
+/// dropped line is counted ([`Overview`]). Outside any run it does nothing.
+///
+/// A `tracing` event with target `perfmon::output`, level `INFO`: keep it
+/// out of your log with a filter on your log layer (README, "Keeping
+/// `progress!`, `thought!`, `output!` and `usage!` out of your log").
+#[macro_export]
+macro_rules! output {
+    ($($arg:tt)*) => {
+        $crate::__private::tracing::event!(
+            target: "perfmon::output",
+            $crate::__private::tracing::Level::INFO,
+            $($arg)*
+        )
+    };
+}
+
+/// Adds token usage and cost to the current run:
+/// `perfmon::usage!(model = "gpt-4.1", input_tokens = 1200, output_tokens = 310, cost_usd = 0.0061)`.
+/// Every field is optional; several calls in one run add up.
+///
+/// The run's [`AgentRun::usage`], its agent's [`AgentStats::usage`], its
+/// pipeline's [`PipelineReport::usage`] and [`Overview::usage`] all sum it
+/// exactly (costs to the nano-dollar), and `perfmon_tokens_total` /
+/// `perfmon_cost_usd` count it through `metrics`. Inside a pipeline but
+/// outside any run it counts for the pipeline; outside both, in the
+/// overview only.
+///
+/// A `tracing` event with target `perfmon::usage`, level `INFO`.
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        $crate::__private::tracing::event!(
+            target: "perfmon::usage",
             $crate::__private::tracing::Level::INFO,
             $($arg)*
         )

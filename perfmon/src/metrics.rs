@@ -8,6 +8,11 @@
 //! | `perfmon_pipeline_duration_seconds` | histogram | `outcome` |
 //! | `perfmon_pipelines_total` | counter | |
 //! | `perfmon_pipelines_active` | gauge | |
+//! | `perfmon_tokens_total` | counter | `agent`, `type` (`input`, `output`) |
+//! | `perfmon_cost_usd` | gauge (only rises) | `agent` |
+//!
+//! `perfmon_cost_usd` is the running total cost in US dollars: a gauge
+//! because the facade's counters take whole numbers only; it never goes down.
 //!
 //! With the `process` feature and a sampler running, also
 //! `perfmon_process_cpu_percent`, `perfmon_process_resident_bytes` and
@@ -31,9 +36,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, Unit};
+use metrics::{Counter, Gauge, Histogram, Unit};
 
 use crate::outcome::Outcome;
+use crate::usage::UsageSum;
 
 /// Name of the per-agent duration histogram.
 pub const AGENT_DURATION: &str = "perfmon_agent_duration_seconds";
@@ -55,6 +61,11 @@ pub const PIPELINE_DURATION: &str = "perfmon_pipeline_duration_seconds";
 pub const PIPELINES_TOTAL: &str = "perfmon_pipelines_total";
 /// Name of the active pipelines gauge.
 pub const PIPELINES_ACTIVE: &str = "perfmon_pipelines_active";
+/// Name of the per-agent token counter (`type` = `input` or `output`).
+pub const TOKENS: &str = "perfmon_tokens_total";
+/// Name of the per-agent running cost total, US dollars (a gauge that only
+/// rises: the facade's counters are integers).
+pub const COST: &str = "perfmon_cost_usd";
 /// Name of the process CPU gauge (percent of one core).
 pub const PROCESS_CPU: &str = "perfmon_process_cpu_percent";
 /// Name of the process resident memory gauge (bytes).
@@ -164,6 +175,18 @@ pub const FAMILIES: &[Family] = &[
         Kind::Gauge,
         Unit::Count,
         "Pipelines running now.",
+    ),
+    family(
+        TOKENS,
+        Kind::Counter,
+        Unit::Count,
+        "Tokens reported by finished runs (perfmon::usage!), by agent and type (input, output).",
+    ),
+    family(
+        COST,
+        Kind::Gauge,
+        Unit::Count,
+        "Total cost reported by finished runs (perfmon::usage!), US dollars, by agent; only rises.",
     ),
     family(
         PROCESS_CPU,
@@ -276,6 +299,8 @@ pub fn describe() {
 pub(crate) struct AgentMetrics {
     agent: Option<Arc<str>>,
     handles: [OnceLock<(Histogram, Counter)>; 4],
+    /// Input tokens, output tokens, cost: registered at the first usage.
+    usage: OnceLock<(Counter, Counter, Gauge)>,
 }
 
 impl AgentMetrics {
@@ -283,7 +308,25 @@ impl AgentMetrics {
         AgentMetrics {
             agent: enabled.then(|| Arc::clone(agent)),
             handles: Default::default(),
+            usage: OnceLock::new(),
         }
+    }
+
+    /// Adds one run's usage (called only for runs that reported some).
+    pub(crate) fn record_usage(&self, usage: UsageSum) {
+        let Some(agent) = &self.agent else { return };
+        let (input, output, cost) = self.usage.get_or_init(|| {
+            describe();
+            let agent = agent.to_string();
+            (
+                metrics::counter!(TOKENS, "agent" => agent.clone(), "type" => "input"),
+                metrics::counter!(TOKENS, "agent" => agent.clone(), "type" => "output"),
+                metrics::gauge!(COST, "agent" => agent),
+            )
+        });
+        input.increment(usage.input_tokens);
+        output.increment(usage.output_tokens);
+        cost.increment(usage.to_usage().cost_usd);
     }
 
     pub(crate) fn record(&self, duration: Duration, outcome: &Outcome) {

@@ -201,6 +201,10 @@ impl Monitor {
             .map(|e| e.counts())
             .fold((0, 0), |(r, f), (er, ef)| (r + er, f + ef));
         let total_ns = c.pipeline_nanos_total.load(Ordering::Relaxed);
+        let mut usage = *crate::sync::lock(&c.usage_outside_runs);
+        for entry in recorder.agents.entries() {
+            usage.add(entry.usage());
+        }
         Overview {
             uptime: recorder.uptime(),
             pipelines_total: c.pipelines_total.load(Ordering::Relaxed),
@@ -219,6 +223,10 @@ impl Monitor {
                 + recorder.bus.thread_failures(),
             spans_filtered: crate::unseen::disabled_spans(),
             runs_outside_pipeline: c.runs_outside_pipeline.load(Ordering::Relaxed),
+            usage: usage.to_usage(),
+            output_lines: c.output_lines.load(Ordering::Relaxed),
+            output_lines_cut: c.output_lines_cut.load(Ordering::Relaxed),
+            output_lines_dropped: c.output_lines_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -318,6 +326,21 @@ impl Monitor {
             .entries()
             .iter()
             .map(|e| (Arc::clone(&e.name), e.by_outcome()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// Per-agent usage (agents that reported some), for the Prometheus exposition.
+    #[cfg(feature = "ws")]
+    pub(crate) fn agent_usages(&self) -> Vec<(Arc<str>, crate::usage::UsageSum)> {
+        let mut list: Vec<_> = self
+            .recorder()
+            .agents
+            .entries()
+            .iter()
+            .map(|e| (Arc::clone(&e.name), e.usage()))
+            .filter(|(_, u)| !u.is_zero())
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list

@@ -7,8 +7,21 @@ use rustc_hash::FxHashMap;
 
 use crate::analysis::{self, Rule};
 use crate::outcome::Outcome;
-use crate::record::{AgentRun, AggregatedRuns, PipelineReport, PipelineSnapshot, Progress};
+use crate::output::OutputTail;
+use crate::record::{
+    AgentRun, AggregatedRuns, PipelineReport, PipelineSnapshot, Progress, RunKind,
+};
 use crate::sync::lock;
+use crate::usage::UsageSum;
+
+/// What a run gathered besides its timing: usage and output. Most runs
+/// have none, so the layer keeps it boxed and only when there is some.
+#[derive(Debug, Default)]
+pub(crate) struct RunExtras {
+    pub(crate) usage: UsageSum,
+    pub(crate) model: Option<Arc<str>>,
+    pub(crate) output: OutputTail,
+}
 
 /// Where an agent run is kept in its pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +55,8 @@ struct Record {
     finished_runs: u64,
     last_progress: Option<Progress>,
     report: Option<Arc<PipelineReport>>,
+    /// Usage of its finished runs and of `usage!` outside any run.
+    usage: UsageSum,
 }
 
 /// The times of one finished run.
@@ -89,6 +104,7 @@ fn key(agent: &Arc<str>) -> usize {
 #[derive(Debug)]
 struct Slot {
     agent: Arc<str>,
+    kind: RunKind,
     parent: Option<u32>,
     offset: Duration,
     started_at: SystemTime,
@@ -99,6 +115,7 @@ struct Slot {
 struct SlotEnd {
     timing: Timing,
     outcome: Outcome,
+    extras: Option<Box<RunExtras>>,
 }
 
 impl Record {
@@ -148,6 +165,7 @@ impl PipelineState {
                 finished_runs: 0,
                 last_progress: None,
                 report: None,
+                usage: UsageSum::default(),
             }),
         }
     }
@@ -162,6 +180,7 @@ impl PipelineState {
     pub(crate) fn open_run(
         &self,
         agent: &Arc<str>,
+        kind: RunKind,
         parent: Option<u32>,
         at: quanta::Instant,
         started_at: SystemTime,
@@ -177,6 +196,7 @@ impl PipelineState {
         let index = record.slots.len() as u32;
         record.slots.push(Slot {
             agent: Arc::clone(agent),
+            kind,
             parent,
             offset: at.saturating_duration_since(self.start),
             started_at,
@@ -192,12 +212,16 @@ impl PipelineState {
         agent: &Arc<str>,
         timing: Timing,
         outcome: &Outcome,
+        extras: Option<Box<RunExtras>>,
     ) {
         let mut record = self.lock();
         if record.report.is_some() || ticket == Ticket::Late {
             return;
         }
         record.finished_runs += 1;
+        if let Some(extras) = &extras {
+            record.usage.add(extras.usage);
+        }
         let totals = record.totals_of(agent);
         totals.all.add(timing, outcome);
         if ticket == Ticket::Aggregated {
@@ -209,7 +233,16 @@ impl PipelineState {
             slot.end = Some(SlotEnd {
                 timing,
                 outcome: outcome.clone(),
+                extras,
             });
+        }
+    }
+
+    /// Adds `usage!` reported inside the pipeline but outside any run.
+    pub(crate) fn add_usage(&self, usage: UsageSum) {
+        let mut record = self.lock();
+        if record.report.is_none() {
+            record.usage.add(usage);
         }
     }
 
@@ -280,8 +313,25 @@ impl PipelineState {
         for (i, slot) in record.slots.iter().enumerate() {
             let Some(end) = &slot.end else { continue };
             index_of[i] = Some(agents.len());
+            let (usage, model, output, output_dropped) = match &end.extras {
+                Some(extras) => {
+                    let (lines, dropped) = extras.output.parts();
+                    (
+                        extras.usage.to_usage(),
+                        extras.model.as_deref().map(str::to_owned),
+                        lines,
+                        dropped,
+                    )
+                }
+                None => Default::default(),
+            };
             agents.push(AgentRun {
                 agent: slot.agent.to_string(),
+                kind: slot.kind,
+                usage,
+                model,
+                output,
+                output_dropped,
                 pipeline: self.id.to_string(),
                 started_at: slot.started_at,
                 duration: end.timing.wall,
@@ -333,6 +383,7 @@ impl PipelineState {
             critical_runs,
             aggregated,
             unfinished: record.running(),
+            usage: record.usage.to_usage(),
         }
     }
 }

@@ -9,13 +9,51 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::outcome::Outcome;
+use crate::usage::Usage;
+
+/// What kind of run: an agent, or a tool an agent called.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunKind {
+    /// A `perfmon.agent` span: `#[track_agent]`, [`agent()`](crate::agent), `track_agent`.
+    #[default]
+    Agent,
+    /// A `perfmon.tool` span: `#[track_tool]`, [`tool()`](crate::tool), `track_tool`.
+    Tool,
+}
+
+impl RunKind {
+    /// `"agent"` or `"tool"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Agent => "agent",
+            RunKind::Tool => "tool",
+        }
+    }
+}
+
+/// One line of a run's output (`perfmon::output!`), as kept in its report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct OutputLine {
+    /// The stream it was written to (`stdout`, `stderr`, ...; `"out"` if not given).
+    pub stream: String,
+    /// The line, cut at the monitor's `max_output_line_bytes` (on a
+    /// character boundary) if it was longer.
+    pub line: String,
+    /// Whether the line was cut.
+    pub cut: bool,
+}
 
 /// One finished run of one agent.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct AgentRun {
-    /// The agent's name (`perfmon.agent`).
+    /// The agent's name (`perfmon.agent`), or the tool's (`perfmon.tool`).
     pub agent: String,
+    /// An agent's run or a tool's.
+    pub kind: RunKind,
     /// The id of the pipeline the run belonged to; empty for a run outside any pipeline.
     pub pipeline: String,
     /// When the run's span was opened.
@@ -41,8 +79,18 @@ pub struct AgentRun {
     #[serde(rename = "offset_ms", serialize_with = "ser::ms")]
     pub offset: Duration,
     /// Index (in [`PipelineReport::agents`]) of the agent run this one was
-    /// nested in, if any.
+    /// nested in, if any: for a tool run, the run that called it.
     pub parent: Option<usize>,
+    /// Tokens and cost reported in this run (`perfmon::usage!`), not
+    /// counting the runs nested in it.
+    pub usage: Usage,
+    /// The model named by the run's last `usage!`, if any.
+    pub model: Option<String>,
+    /// The run's last lines of output (`perfmon::output!`), at most the
+    /// monitor's `max_output_lines`, oldest first.
+    pub output: Vec<OutputLine>,
+    /// Lines of output the run wrote beyond those kept in `output`.
+    pub output_dropped: u64,
 }
 
 /// An agent that took more than the bottleneck threshold of its pipeline's time.
@@ -146,6 +194,10 @@ pub struct PipelineReport {
     pub aggregated: Vec<AggregatedRuns>,
     /// Agents still running when the pipeline ended (their runs are not in `agents`).
     pub unfinished: Vec<String>,
+    /// Tokens and cost of the whole pipeline: exactly the sum of its
+    /// finished runs' (stored and aggregated), plus what `usage!` reported
+    /// inside the pipeline but outside any run.
+    pub usage: Usage,
 }
 
 impl PipelineReport {
@@ -187,7 +239,19 @@ impl fmt::Display for PipelineReport {
             if let Some(busy) = run.busy {
                 write!(f, " (busy {busy:.1?})")?;
             }
+            if run.kind == RunKind::Tool {
+                write!(f, " [tool]")?;
+            }
+            if !run.usage.is_zero() {
+                write!(f, " [{}]", run.usage)?;
+            }
             writeln!(f)?;
+            // A failed run's last line of output usually says why.
+            if run.outcome.is_failure()
+                && let Some(last) = run.output.last()
+            {
+                writeln!(f, "{:indent$}  {}> {}", "", last.stream, last.line)?;
+            }
         }
         for agg in &self.aggregated {
             writeln!(
@@ -228,6 +292,9 @@ impl fmt::Display for PipelineReport {
                 write!(f, " ({note}: {other:.1?} = {:.0}%)", other_share * 100.0)?;
             }
             writeln!(f)?;
+        }
+        if !self.usage.is_zero() {
+            writeln!(f, "  usage: {}", self.usage)?;
         }
         write!(f, "  critical path: {}", self.nested_critical_path())
     }

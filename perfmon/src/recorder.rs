@@ -37,6 +37,10 @@ pub(crate) struct RecorderConfig {
     pub(crate) recent_capacity: usize,
     pub(crate) max_runs_per_pipeline: usize,
     pub(crate) metrics: bool,
+    /// Lines of output each run keeps for its report.
+    pub(crate) max_output_lines: usize,
+    /// Longer output lines are cut to this many bytes.
+    pub(crate) max_output_line_bytes: usize,
 }
 
 /// The shared state behind a monitor and its layer.

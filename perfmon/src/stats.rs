@@ -17,8 +17,9 @@ use serde::Serialize;
 
 use crate::metrics::AgentMetrics;
 use crate::outcome::Outcome;
-use crate::record::ser;
+use crate::record::{RunKind, ser};
 use crate::sync::lock;
+use crate::usage::{Usage, UsageSum};
 
 /// Durations above this are clamped in the histogram (min, max, mean and
 /// total stay exact).
@@ -31,8 +32,11 @@ const HISTOGRAM_MAX: Duration = Duration::from_secs(6 * 3600);
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct AgentStats {
-    /// The agent's name.
+    /// The agent's (or tool's) name.
     pub agent: String,
+    /// Whether the name is an agent's or a tool's (the kind of its first
+    /// run: agents and tools share one namespace of names).
+    pub kind: RunKind,
     /// Finished runs.
     pub runs: u64,
     /// Runs whose outcome was not `succeeded` (failed, panicked or cancelled).
@@ -80,6 +84,8 @@ pub struct AgentStats {
     pub running: u64,
     /// Finished runs by outcome; `failures` is the sum of all but `succeeded`.
     pub outcomes: OutcomeCounts,
+    /// Tokens and cost reported in its finished runs (`usage!`), exactly summed.
+    pub usage: Usage,
 }
 
 /// Counts of finished runs by [`Outcome`].
@@ -157,6 +163,17 @@ pub struct Overview {
     /// `.in_current_span()`, a blocking call without the span). They count
     /// in the agent's statistics but in no pipeline report.
     pub runs_outside_pipeline: u64,
+    /// Tokens and cost of every finished run, plus what `usage!` reported
+    /// outside any run (exactly summed).
+    pub usage: Usage,
+    /// Lines of output (`output!`) written in runs.
+    pub output_lines: u64,
+    /// Of those, lines longer than `max_output_line_bytes`, cut (marked
+    /// `cut` in events and reports).
+    pub output_lines_cut: u64,
+    /// Lines no report keeps: beyond a run's last `max_output_lines` (they
+    /// were still streamed as events).
+    pub output_lines_dropped: u64,
 }
 
 /// One reading of the process by the sampler (feature `process`).
@@ -185,12 +202,19 @@ pub(crate) struct Counters {
     pub(crate) runs_outside_pipeline: AtomicU64,
     /// Whether the warning about such runs was given.
     pub(crate) warned_outside: std::sync::atomic::AtomicBool,
+    /// `output!` lines: all, cut, dropped from run tails.
+    pub(crate) output_lines: AtomicU64,
+    pub(crate) output_lines_cut: AtomicU64,
+    pub(crate) output_lines_dropped: AtomicU64,
+    /// `usage!` outside any run.
+    pub(crate) usage_outside_runs: Mutex<UsageSum>,
 }
 
 /// Everything the monitor knows about one agent name.
 #[derive(Debug)]
 pub(crate) struct AgentEntry {
     pub(crate) name: Arc<str>,
+    pub(crate) kind: RunKind,
     cell: Mutex<StatsCell>,
     running: AtomicU64,
     metrics: AgentMetrics,
@@ -215,6 +239,7 @@ struct StatsCell {
     /// Exact extremes of `nested_self`, to bound the self-time percentiles.
     nested_self_min_ns: u64,
     nested_self_max_ns: u64,
+    usage: UsageSum,
 }
 
 /// Runs of one agent that ended with one outcome.
@@ -252,7 +277,7 @@ impl OutcomeCell {
 }
 
 impl AgentEntry {
-    fn new(name: Arc<str>, metrics_enabled: bool) -> Self {
+    fn new(name: Arc<str>, kind: RunKind, metrics_enabled: bool) -> Self {
         let metrics = AgentMetrics::new(&name, metrics_enabled);
         AgentEntry {
             cell: Mutex::new(StatsCell {
@@ -266,10 +291,12 @@ impl AgentEntry {
                 nested_self: OutcomeCell::new(),
                 nested_self_min_ns: u64::MAX,
                 nested_self_max_ns: 0,
+                usage: UsageSum::default(),
             }),
             running: AtomicU64::new(0),
             metrics,
             name,
+            kind,
         }
     }
 
@@ -277,8 +304,14 @@ impl AgentEntry {
         self.running.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records one finished run.
-    pub(crate) fn run_finished(&self, duration: Duration, self_time: Duration, outcome: &Outcome) {
+    /// Records one finished run, with the usage it reported.
+    pub(crate) fn run_finished(
+        &self,
+        duration: Duration,
+        self_time: Duration,
+        outcome: &Outcome,
+        usage: Option<UsageSum>,
+    ) {
         self.running.fetch_sub(1, Ordering::Relaxed);
         let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         let self_ns = u64::try_from(self_time.as_nanos()).unwrap_or(u64::MAX);
@@ -296,8 +329,19 @@ impl AgentEntry {
                 cell.nested_self_min_ns = cell.nested_self_min_ns.min(self_ns);
                 cell.nested_self_max_ns = cell.nested_self_max_ns.max(self_ns);
             }
+            if let Some(usage) = usage {
+                cell.usage.add(usage);
+            }
         }
         self.metrics.record(duration, outcome);
+        if let Some(usage) = usage {
+            self.metrics.record_usage(usage);
+        }
+    }
+
+    /// Tokens and cost so far.
+    pub(crate) fn usage(&self) -> UsageSum {
+        lock(&self.cell).usage
     }
 
     /// (runs, failures) so far.
@@ -359,6 +403,8 @@ impl AgentEntry {
         };
         AgentStats {
             agent: self.name.to_string(),
+            kind: self.kind,
+            usage: cell.usage.to_usage(),
             runs,
             failures: cell.failures,
             failure_rate: if runs == 0 {
@@ -417,9 +463,15 @@ impl AgentTable {
         }
     }
 
-    /// The entry for `name`, created on first use. Once `max_agents` names
-    /// exist, new names share the `"(other)"` entry and `overflowed` counts them.
-    pub(crate) fn get_or_insert(&self, name: &str, overflowed: &AtomicU64) -> Arc<AgentEntry> {
+    /// The entry for `name`, created on first use (as a `kind`). Once
+    /// `max_agents` names exist, new names share the `"(other)"` entry and
+    /// `overflowed` counts them.
+    pub(crate) fn get_or_insert(
+        &self,
+        name: &str,
+        kind: RunKind,
+        overflowed: &AtomicU64,
+    ) -> Arc<AgentEntry> {
         if let Some(entry) = self.map.load().get(name) {
             return Arc::clone(entry);
         }
@@ -439,7 +491,11 @@ impl AgentTable {
         } else {
             Arc::<str>::from(name)
         };
-        let entry = Arc::new(AgentEntry::new(Arc::clone(&key), self.metrics_enabled));
+        let entry = Arc::new(AgentEntry::new(
+            Arc::clone(&key),
+            kind,
+            self.metrics_enabled,
+        ));
         let mut next = FxHashMap::clone(&current);
         next.insert(key, Arc::clone(&entry));
         self.map.store(Arc::new(next));
@@ -469,7 +525,7 @@ mod tests {
         fn self_time_percentiles_match_the_self_times(
             runs in prop::collection::vec((1u64..1_000_000, 0u64..=100), 1..200),
         ) {
-            let entry = AgentEntry::new(Arc::from("a"), false);
+            let entry = AgentEntry::new(Arc::from("a"), RunKind::Agent, false);
             let mut selfs = Vec::new();
             for &(wall_us, self_pct) in &runs {
                 // Half the runs have nothing nested (self = wall).
@@ -479,6 +535,7 @@ mod tests {
                     Duration::from_micros(wall_us),
                     Duration::from_micros(self_us),
                     &Outcome::Succeeded,
+                    None,
                 );
                 selfs.push(Duration::from_micros(self_us));
             }

@@ -602,3 +602,137 @@ async fn dashboard_shows_progress_bottleneck_failure_and_resumes_after_a_restart
     drop(driver);
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+/// Tools nested under their agent, a tool's output live and after the
+/// report, tokens and cost per agent, per pipeline and in a card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_their_output_and_cost_show_on_the_page() {
+    let Some((driver_path, chromium)) = browser_tools() else {
+        return;
+    };
+    let _one = ONE_BROWSER_AT_A_TIME.lock().await;
+    let profile =
+        std::env::temp_dir().join(format!("perfmon-chromium-tools-{}", std::process::id()));
+    let driver = start_driver(&driver_path);
+    let client = browser(&driver, &chromium, &profile).await;
+    let monitor = Monitor::builder().metrics(false).build();
+    let sidecar = serve_on(&monitor, "127.0.0.1:0".parse().unwrap(), None).await;
+    client.goto(&sidecar.url()).await.unwrap();
+    until_live(&client, "the live indicator").await;
+
+    let (release, held) = mpsc::channel::<()>();
+    let running = {
+        let monitor = monitor.clone();
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch(&monitor), || {
+                let pipeline = monitor.start_pipeline("tools_1");
+                {
+                    let _planner = perfmon::agent("planner");
+                    perfmon::usage!(
+                        model = "gpt-4.1",
+                        input_tokens = 1200,
+                        output_tokens = 300,
+                        cost_usd = 0.0048
+                    );
+                }
+                {
+                    let codegen = perfmon::agent("codegen");
+                    let compile = perfmon::tool("compile");
+                    perfmon::output!(stream = "stdout", "   Compiling solver.rs");
+                    let _ = held.recv_timeout(Duration::from_secs(60));
+                    perfmon::output!(stream = "stderr", "error[E0308]: mismatched types");
+                    compile.fail("exit status 1");
+                    codegen.fail("did not compile");
+                }
+                pipeline.fail("codegen failed")
+            })
+        })
+    };
+    // Live: the tool's bar under its agent, and its first line in the pane.
+    until(
+        &client,
+        "the running compile tool, nested under codegen",
+        r##"document.querySelector('#gantt g.run.tool[data-agent="compile"]')?.dataset.depth === "1"
+           && document.querySelector('#gantt g.run[data-agent="compile"]').previousElementSibling?.dataset.agent === "codegen""##,
+    )
+    .await;
+    until(
+        &client,
+        "the tool's first output line, live",
+        r##"document.querySelector("#output").dataset.agent === "compile"
+           && document.querySelector("#output").textContent.includes("Compiling solver.rs")"##,
+    )
+    .await;
+    release.send(()).unwrap();
+    let report = running.join().unwrap();
+    assert_eq!(report.agents[2].kind, perfmon::RunKind::Tool);
+
+    // Finished: the report's runs, with the tool failed in red and its
+    // output (stderr marked) in the pane.
+    until(
+        &client,
+        "the finished report of tools_1",
+        r##"document.querySelector("#timeline-outcome")?.textContent === "failed"
+           && document.querySelector('#gantt g.run.tool.failed[data-agent="compile"]')"##,
+    )
+    .await;
+    let pane = until(
+        &client,
+        "the failed tool's output from the report",
+        r##"document.querySelector("#output .stderr")?.textContent"##,
+    )
+    .await;
+    assert_eq!(pane, json!("error[E0308]: mismatched types"));
+    assert!(
+        js(
+            &client,
+            r##"document.querySelector("#output-for").textContent"##
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .ends_with("tool compile")
+    );
+    // A click on another run shows that run's output (none, for planner).
+    client
+        .find(Locator::Css(r##"#gantt g.run[data-agent="planner"] rect"##))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &client,
+        "the planner's (empty) output after a click",
+        r##"document.querySelector("#output").dataset.agent === "planner"
+           && document.querySelector("#output").textContent.includes("no output from this run")"##,
+    )
+    .await;
+
+    // Tokens and cost: the pipeline's, the card, and the planner's row.
+    assert_eq!(
+        js(
+            &client,
+            r##"document.querySelector("#pipeline-cost").textContent"##
+        )
+        .await,
+        json!("1,500 tokens · $0.0048")
+    );
+    until(
+        &client,
+        "the cost card and the planner's cost in the agents table",
+        r##"document.querySelector("#card-cost .v").textContent === "$0.0048"
+           && document.querySelector('#slowest tr[data-agent="planner"] td.cost')?.textContent === "$0.0048"
+           && document.querySelector('#slowest tr[data-agent="planner"] td.tokens')?.textContent === "1,500""##,
+    )
+    .await;
+    std::fs::write(
+        artifacts().join("dashboard-tools.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    sidecar.shutdown();
+    client.close().await.unwrap();
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&profile);
+}

@@ -310,6 +310,7 @@ async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
             let pipeline = monitor.start_pipeline("m");
             {
                 let _a = perfmon::agent("physics");
+                perfmon::usage!(input_tokens = 100, output_tokens = 20, cost_usd = 0.25);
                 clock.advance(ms(40));
             }
             perfmon::agent("codegen").fail("did not compile");
@@ -328,8 +329,16 @@ async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
         });
     });
     let rendered = handle.render();
-    let ours =
-        |name: &str| name.starts_with("perfmon_agent_") || name.starts_with("perfmon_pipeline");
+    let ours = |name: &str| {
+        [
+            "perfmon_agent_",
+            "perfmon_pipeline",
+            "perfmon_tokens_",
+            "perfmon_cost_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+    };
     let facade: BTreeSet<Series> = exposed_series(&rendered)
         .into_iter()
         .filter(|(name, _)| ours(name))
@@ -381,6 +390,11 @@ async fn metrics_page_has_the_facades_families_label_sets_and_every_outcome() {
         r#"perfmon_pipeline_duration_seconds_count{outcome="failed"} 1"#,
         "# TYPE perfmon_spans_filtered_total counter",
         "perfmon_runs_outside_pipeline_total 0",
+        "# TYPE perfmon_tokens_total counter",
+        r#"perfmon_tokens_total{agent="physics",type="input"} 100"#,
+        r#"perfmon_tokens_total{agent="physics",type="output"} 20"#,
+        "# TYPE perfmon_cost_usd gauge",
+        r#"perfmon_cost_usd{agent="physics"} 0.25"#,
     ] {
         assert!(
             text.lines().any(|l| l == line),

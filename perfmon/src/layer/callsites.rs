@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tracing::Metadata;
 
-use crate::fields::{AGENT_FIELD, PIPELINE_FIELD, PROGRESS_TARGET, SYNC_FIELD, THOUGHT_TARGET};
+use crate::fields::{
+    AGENT_FIELD, OUTPUT_TARGET, PIPELINE_FIELD, PROGRESS_TARGET, SYNC_FIELD, THOUGHT_TARGET,
+    TOOL_FIELD, USAGE_TARGET,
+};
 
 /// What a callsite is to perfmon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +20,8 @@ pub(crate) enum Kind {
     AgentSync = 3,
     Progress = 4,
     Thought = 5,
+    Output = 6,
+    Usage = 7,
 }
 
 impl Kind {
@@ -27,17 +32,20 @@ impl Kind {
             3 => Kind::AgentSync,
             4 => Kind::Progress,
             5 => Kind::Thought,
+            6 => Kind::Output,
+            7 => Kind::Usage,
             _ => return None,
         })
     }
 
-    /// What a callsite is to perfmon, from its metadata alone.
+    /// What a callsite is to perfmon, from its metadata alone. Tool spans
+    /// are agent kinds: the run's kind (agent or tool) is read with its name.
     pub(crate) fn classify(meta: &Metadata<'_>) -> Option<Kind> {
         if meta.is_span() {
             let fields = meta.fields();
             if fields.field(PIPELINE_FIELD).is_some() {
                 Some(Kind::Pipeline)
-            } else if fields.field(AGENT_FIELD).is_some() {
+            } else if fields.field(AGENT_FIELD).is_some() || fields.field(TOOL_FIELD).is_some() {
                 Some(if fields.field(SYNC_FIELD).is_some() {
                     Kind::AgentSync
                 } else {
@@ -50,6 +58,10 @@ impl Kind {
             Some(Kind::Progress)
         } else if meta.target() == THOUGHT_TARGET {
             Some(Kind::Thought)
+        } else if meta.target() == OUTPUT_TARGET {
+            Some(Kind::Output)
+        } else if meta.target() == USAGE_TARGET {
+            Some(Kind::Usage)
         } else {
             None
         }
@@ -169,6 +181,12 @@ mod tests {
         assert_eq!(
             Kind::classify(
                 span_meta!(perfmon.agent = "a", perfmon.sync = tracing::field::Empty).unwrap()
+            ),
+            Some(Kind::AgentSync)
+        );
+        assert_eq!(
+            Kind::classify(
+                span_meta!(perfmon.tool = "t", perfmon.sync = tracing::field::Empty).unwrap()
             ),
             Some(Kind::AgentSync)
         );

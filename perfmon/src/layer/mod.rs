@@ -29,20 +29,27 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use self::callsites::{Callsites, Kind};
-use self::visitors::{AgentVisitor, ErrorVisitor, NameVisitor, OutcomeVisitor, ProgressVisitor};
+use self::visitors::{
+    AgentVisitor, ErrorVisitor, NameVisitor, OutcomeVisitor, OutputVisitor, ProgressVisitor,
+    UsageVisitor,
+};
 use crate::coverage::Coverage;
 use crate::events::EventKind;
 use crate::fields::PIPELINE_FIELD;
 use crate::outcome::{Outcome, UnknownOutcome};
-use crate::pipeline::{PipelineState, Ticket, Timing};
-use crate::record::Progress;
+use crate::output;
+use crate::pipeline::{PipelineState, RunExtras, Ticket, Timing};
+use crate::record::{OutputLine, Progress, RunKind};
 use crate::recorder::Recorder;
 use crate::stats::AgentEntry;
 use crate::sync::lock;
 
-/// Per-span state of an agent run, in the span's extensions.
+/// Per-span state of an agent (or tool) run, in the span's extensions.
 struct AgentData {
     entry: Arc<AgentEntry>,
+    kind: RunKind,
+    /// Usage and output, boxed and only once the run reports some.
+    extras: Option<Box<RunExtras>>,
     pipeline: Option<Arc<PipelineState>>,
     ticket: Ticket,
     start: quanta::Instant,
@@ -98,6 +105,12 @@ struct Busy {
 struct PipelineData {
     state: Arc<PipelineState>,
     error: Option<String>,
+}
+
+/// The nearest perfmon span around an event, found for changing it.
+enum NearestMut<'a> {
+    Agent(&'a mut AgentData),
+    Pipeline(&'a mut PipelineData),
 }
 
 /// The nearest perfmon span around something, as the walk found it.
@@ -226,6 +239,99 @@ where
         None
     }
 
+    /// Like [`nearest`](Self::nearest), with the span's state mutable.
+    fn nearest_mut<R>(
+        first: Option<SpanRef<'_, S>>,
+        change: impl FnOnce(NearestMut<'_>) -> R,
+    ) -> Option<R> {
+        let mut next = first;
+        while let Some(span) = next {
+            let mut ext = span.extensions_mut();
+            if let Some(agent) = ext.get_mut::<AgentData>() {
+                return Some(change(NearestMut::Agent(agent)));
+            }
+            if let Some(pipeline) = ext.get_mut::<PipelineData>() {
+                return Some(change(NearestMut::Pipeline(pipeline)));
+            }
+            drop(ext);
+            next = span.parent();
+        }
+        None
+    }
+
+    /// `perfmon::output!`: the line goes into the nearest run's tail and
+    /// out as a `tool_output` event. Outside any run: nothing.
+    fn output(&self, event: &Event<'_>, ctx: &Context<'_, S>) {
+        let recorder = &self.recorder;
+        let config = &recorder.config;
+        let mut v = OutputVisitor::default();
+        event.record(&mut v);
+        let (line, cut) = output::cut(v.line.unwrap_or_default(), config.max_output_line_bytes);
+        let stream: Arc<str> = Arc::from(v.stream.as_deref().unwrap_or("out"));
+        let found = Self::nearest_mut(ctx.event_span(event), |nearest| {
+            let NearestMut::Agent(run) = nearest else {
+                return None;
+            };
+            let extras = run.extras.get_or_insert_with(Box::default);
+            let dropped = extras.output.push(
+                OutputLine {
+                    stream: stream.to_string(),
+                    line: line.clone(),
+                    cut,
+                },
+                config.max_output_lines,
+            );
+            Some((
+                Arc::clone(&run.entry.name),
+                run.pipeline.as_ref().map(|p| Arc::clone(&p.id)),
+                dropped,
+            ))
+        });
+        let Some(Some((agent, pipeline, dropped))) = found else {
+            return;
+        };
+        let c = &recorder.counters;
+        c.output_lines.fetch_add(1, Ordering::Relaxed);
+        if cut {
+            c.output_lines_cut.fetch_add(1, Ordering::Relaxed);
+        }
+        if dropped {
+            c.output_lines_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        recorder.publish(pipeline, recorder.now(), || EventKind::ToolOutput {
+            agent,
+            stream,
+            line,
+            cut,
+        });
+    }
+
+    /// `perfmon::usage!`: added to the nearest run, else to the pipeline,
+    /// else to the monitor's usage outside runs.
+    fn usage(&self, event: &Event<'_>, ctx: &Context<'_, S>) {
+        let mut v = UsageVisitor::default();
+        event.record(&mut v);
+        let usage = v.usage();
+        let model = v.model;
+        let found = Self::nearest_mut(ctx.event_span(event), |nearest| match nearest {
+            NearestMut::Agent(run) => {
+                let extras = run.extras.get_or_insert_with(Box::default);
+                extras.usage.add(usage);
+                if let Some(model) = model {
+                    extras.model = Some(Arc::from(model));
+                }
+            }
+            NearestMut::Pipeline(pipeline) => {
+                pipeline.state.add_usage(usage);
+                // Outside any run: no agent's statistics count it.
+                lock(&self.recorder.counters.usage_outside_runs).add(usage);
+            }
+        });
+        if found.is_none() {
+            lock(&self.recorder.counters.usage_outside_runs).add(usage);
+        }
+    }
+
     /// Runs `f` on the busy-time state of the async agent span `id`, with
     /// the recorder (for its clock). Returns at once, before any lookup, while no busy-tracked
     /// agent is open.
@@ -252,7 +358,7 @@ where
         let recorder = &self.recorder;
         let mut name = AgentVisitor::new(&recorder.agents, &recorder.counters.agents_overflowed);
         attrs.record(&mut name);
-        let entry = name.into_entry();
+        let (entry, kind) = name.into_entry();
         let start = recorder.now();
         let Placement {
             pipeline,
@@ -261,7 +367,7 @@ where
         } = Self::nearest(span.parent(), |n| n.placement()).unwrap_or_default();
         let (ticket, lost) = match &pipeline {
             Some(p) => (
-                p.open_run(&entry.name, slot, start, recorder.system_time(start)),
+                p.open_run(&entry.name, kind, slot, start, recorder.system_time(start)),
                 false,
             ),
             None => (Ticket::Late, recorder.active_count() > 0),
@@ -271,14 +377,18 @@ where
             self.busy_open.fetch_add(1, Ordering::Relaxed);
         }
         recorder.publish(pipeline.as_ref().map(|p| Arc::clone(&p.id)), start, || {
-            EventKind::AgentStarted {
-                agent: Arc::clone(&entry.name),
-                run: pipeline.as_ref().map(|p| p.run),
-                parent: parent.as_ref().map(|c| Arc::clone(&c.agent)),
+            let agent = Arc::clone(&entry.name);
+            let run = pipeline.as_ref().map(|p| p.run);
+            let parent = parent.as_ref().map(|c| Arc::clone(&c.agent));
+            match kind {
+                RunKind::Tool => EventKind::ToolStarted { agent, run, parent },
+                RunKind::Agent => EventKind::AgentStarted { agent, run, parent },
             }
         });
         span.extensions_mut().insert(AgentData {
             entry,
+            kind,
+            extras: None,
             pipeline,
             ticket,
             start,
@@ -321,7 +431,14 @@ where
                 end.saturating_duration_since(parent.start),
             );
         }
-        data.entry.run_finished(duration, self_time, &outcome);
+        let usage = data
+            .extras
+            .as_ref()
+            .map(|e| e.usage)
+            .filter(|u| !u.is_zero());
+        data.entry
+            .run_finished(duration, self_time, &outcome, usage);
+        let kind = data.kind;
         if let Some(pipeline) = &data.pipeline {
             pipeline.close_run(
                 data.ticket,
@@ -332,6 +449,7 @@ where
                     busy,
                 },
                 &outcome,
+                data.extras,
             );
         }
         if data.pipeline.is_none() && (data.lost || recorder.active_count() > 0) {
@@ -339,13 +457,29 @@ where
         }
         let pipeline_id = data.pipeline.as_ref().map(|p| Arc::clone(&p.id));
         let run = data.pipeline.as_ref().map(|p| p.run);
-        recorder.publish(pipeline_id, end, || EventKind::AgentCompleted {
-            agent: Arc::clone(&data.entry.name),
-            duration,
-            self_time,
-            busy,
-            outcome,
-            run,
+        recorder.publish(pipeline_id, end, || {
+            let agent = Arc::clone(&data.entry.name);
+            let usage = usage.map(|u| u.to_usage());
+            match kind {
+                RunKind::Tool => EventKind::ToolCompleted {
+                    agent,
+                    duration,
+                    self_time,
+                    busy,
+                    outcome,
+                    run,
+                    usage,
+                },
+                RunKind::Agent => EventKind::AgentCompleted {
+                    agent,
+                    duration,
+                    self_time,
+                    busy,
+                    outcome,
+                    run,
+                    usage,
+                },
+            }
         });
     }
 
@@ -409,7 +543,7 @@ where
             Kind::Agent => self.open_agent(attrs, &span, false),
             Kind::AgentSync => self.open_agent(attrs, &span, true),
             Kind::Pipeline => self.open_pipeline(attrs, &span),
-            Kind::Progress | Kind::Thought => {}
+            Kind::Progress | Kind::Thought | Kind::Output | Kind::Usage => {}
         }
     }
 
@@ -457,7 +591,7 @@ where
                     self.recorder.finish_pipeline(&state, outcome);
                 }
             }
-            Kind::Progress | Kind::Thought => {}
+            Kind::Progress | Kind::Thought | Kind::Output | Kind::Usage => {}
         }
     }
 
@@ -481,6 +615,7 @@ where
         if data.pipeline.is_none() {
             data.ticket = pipeline.open_run(
                 &data.entry.name,
+                data.kind,
                 slot,
                 data.start,
                 self.recorder.system_time(data.start),
@@ -514,8 +649,11 @@ where
         let meta = event.metadata();
         let kind = self.kind(meta);
         let is_error = *meta.level() == Level::ERROR;
-        if kind.is_none() && !is_error {
-            return;
+        match kind {
+            None if !is_error => return,
+            Some(Kind::Output) => return self.output(event, &ctx),
+            Some(Kind::Usage) => return self.usage(event, &ctx),
+            _ => {}
         }
         let Some((agent, pipeline)) =
             Self::nearest(ctx.event_span(event), |n| n.agent_and_pipeline())
@@ -605,7 +743,7 @@ where
                     self.recorder.finish_pipeline(&data.state, outcome);
                 }
             }
-            Kind::Progress | Kind::Thought => {}
+            Kind::Progress | Kind::Thought | Kind::Output | Kind::Usage => {}
         }
     }
 

@@ -8,17 +8,23 @@ use std::sync::atomic::AtomicU64;
 use tracing::field::{Field, Visit};
 
 use crate::fields::{
-    AGENT_FIELD, ERROR_FIELD, EVENT_ERROR_FIELD, MESSAGE_FIELD, OUTCOME_FIELD, PERCENT_FIELD,
-    STAGE_FIELD, UNNAMED,
+    AGENT_FIELD, COST_FIELD, ERROR_FIELD, EVENT_ERROR_FIELD, INPUT_TOKENS_FIELD, MESSAGE_FIELD,
+    MODEL_FIELD, OUTCOME_FIELD, OUTPUT_TOKENS_FIELD, PERCENT_FIELD, STAGE_FIELD, STREAM_FIELD,
+    TOOL_FIELD, UNNAMED,
 };
 use crate::outcome::{Outcome, UnknownOutcome};
+use crate::record::RunKind;
 use crate::stats::{AgentEntry, AgentTable};
+use crate::usage::UsageSum;
 
-/// Resolves the agent named by `perfmon.agent` without copying the name.
+/// Resolves the agent (or tool) named by `perfmon.agent` (`perfmon.tool`)
+/// without copying the name.
 pub(crate) struct AgentVisitor<'a> {
     agents: &'a AgentTable,
     overflowed: &'a AtomicU64,
     pub(crate) entry: Option<Arc<AgentEntry>>,
+    /// `Tool` once a `perfmon.tool` field was seen.
+    pub(crate) kind: RunKind,
 }
 
 impl<'a> AgentVisitor<'a> {
@@ -27,28 +33,115 @@ impl<'a> AgentVisitor<'a> {
             agents,
             overflowed,
             entry: None,
+            kind: RunKind::Agent,
         }
     }
 
-    /// The entry found, or the `"(unnamed)"` one.
-    pub(crate) fn into_entry(self) -> Arc<AgentEntry> {
-        match self.entry {
+    /// The entry found, or the `"(unnamed)"` one, and the run's kind.
+    pub(crate) fn into_entry(self) -> (Arc<AgentEntry>, RunKind) {
+        let entry = match self.entry {
             Some(entry) => entry,
-            None => self.agents.get_or_insert(UNNAMED, self.overflowed),
-        }
+            None => self
+                .agents
+                .get_or_insert(UNNAMED, self.kind, self.overflowed),
+        };
+        (entry, self.kind)
     }
 }
 
 impl Visit for AgentVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == AGENT_FIELD {
-            self.entry = Some(self.agents.get_or_insert(value, self.overflowed));
+        let kind = match field.name() {
+            AGENT_FIELD => RunKind::Agent,
+            TOOL_FIELD => RunKind::Tool,
+            _ => return,
+        };
+        self.kind = kind;
+        self.entry = Some(self.agents.get_or_insert(value, kind, self.overflowed));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if matches!(field.name(), AGENT_FIELD | TOOL_FIELD) {
+            self.record_str(field, &format!("{value:?}"));
+        }
+    }
+}
+
+/// Reads the `stream` and the message of an output event.
+#[derive(Debug, Default)]
+pub(crate) struct OutputVisitor {
+    pub(crate) stream: Option<String>,
+    pub(crate) line: Option<String>,
+}
+
+impl Visit for OutputVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            STREAM_FIELD => self.stream = Some(value.to_owned()),
+            MESSAGE_FIELD => self.line = Some(value.to_owned()),
+            _ => {}
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == AGENT_FIELD {
-            self.record_str(field, &format!("{value:?}"));
+        match field.name() {
+            STREAM_FIELD => self.stream = Some(format!("{value:?}")),
+            MESSAGE_FIELD => self.line = Some(format!("{value:?}")),
+            _ => {}
+        }
+    }
+}
+
+/// Reads `model`, `input_tokens`, `output_tokens` and `cost_usd` of a usage
+/// event; numbers of any type (negative ones count as 0).
+#[derive(Debug, Default)]
+pub(crate) struct UsageVisitor {
+    pub(crate) model: Option<String>,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+}
+
+impl UsageVisitor {
+    pub(crate) fn usage(&self) -> UsageSum {
+        UsageSum::of(self.input_tokens, self.output_tokens, self.cost_usd)
+    }
+}
+
+impl Visit for UsageVisitor {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            INPUT_TOKENS_FIELD => self.input_tokens = value,
+            OUTPUT_TOKENS_FIELD => self.output_tokens = value,
+            COST_FIELD => self.cost_usd = value as f64,
+            _ => {}
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_u64(field, u64::try_from(value).unwrap_or(0));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        match field.name() {
+            COST_FIELD => self.cost_usd = value,
+            // Token counts given as floats: whole tokens, negatives as 0.
+            INPUT_TOKENS_FIELD | OUTPUT_TOKENS_FIELD => {
+                self.record_u64(field, if value > 0.0 { value as u64 } else { 0 });
+            }
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == MODEL_FIELD {
+            self.model = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == MODEL_FIELD {
+            self.model = Some(format!("{value:?}"));
         }
     }
 }
@@ -379,6 +472,50 @@ mod tests {
                     Some("cells 1200".into())
                 ),
                 (Some(7.0), None, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn usage_reads_numbers_of_any_type_and_the_model() {
+        let seen = visit(
+            |v: UsageVisitor| (v.model.clone(), v.usage()),
+            || {
+                tracing::info!(
+                    model = "m",
+                    input_tokens = 10,
+                    output_tokens = 2_u64,
+                    cost_usd = 0.5
+                );
+                tracing::info!(input_tokens = -3, output_tokens = 4.0, cost_usd = 1);
+            },
+        );
+        assert_eq!(
+            seen,
+            vec![
+                (Some("m".into()), UsageSum::of(10, 2, 0.5)),
+                (None, UsageSum::of(0, 4, 1.0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn output_reads_the_stream_and_the_line() {
+        let seen = visit(
+            |v: OutputVisitor| (v.stream, v.line),
+            || {
+                tracing::info!(stream = "stderr", "error[E0308]: {}", "mismatched types");
+                tracing::info!("plain");
+            },
+        );
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    Some("stderr".into()),
+                    Some("error[E0308]: mismatched types".into())
+                ),
+                (None, Some("plain".into())),
             ]
         );
     }

@@ -82,6 +82,7 @@ fn priority(event: &Event) -> Priority {
     match event.kind {
         EventKind::AgentProgress { .. }
         | EventKind::Thought { .. }
+        | EventKind::ToolOutput { .. }
         | EventKind::StateUpdate { .. } => Priority::Low,
         _ => Priority::High,
     }

@@ -39,6 +39,28 @@ pub(super) fn render(monitor: &Monitor, ws: &StatsSnapshot) -> String {
     write_family(&mut out, metrics::AGENT_DURATION, &durations.concat());
     write_family(&mut out, metrics::AGENT_RUNS, &runs.concat());
 
+    let mut tokens = Vec::new();
+    let mut cost = Vec::new();
+    for (agent, usage) in monitor.agent_usages() {
+        for (kind, n) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+        ] {
+            tokens.push(sample(
+                metrics::TOKENS,
+                &[("agent", &agent), ("type", kind)],
+                n as f64,
+            ));
+        }
+        cost.push(sample(
+            metrics::COST,
+            &[("agent", &agent)],
+            usage.to_usage().cost_usd,
+        ));
+    }
+    write_family(&mut out, metrics::TOKENS, &tokens.concat());
+    write_family(&mut out, metrics::COST, &cost.concat());
+
     let pipelines: String = monitor
         .pipeline_histograms()
         .iter()
