@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --example demo                  # until Ctrl-C
 //! cargo run --example demo -- --pipelines 3 # stop after three pipelines
+//! cargo run --example demo -- --otlp http://127.0.0.1:6006/v1/traces   # and to Phoenix
 //! ```
 //!
 //! Each pipeline: a `planner`, then `geometry`, `physics` (which runs a
@@ -36,6 +37,11 @@ struct Args {
     /// Where the sidecar listens (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", default_value = perfmon::ws::DEFAULT_BIND)]
     bind: String,
+    /// Also send every finished pipeline to an OpenTelemetry backend, as
+    /// OTLP over HTTP to this URL (Phoenix: http://127.0.0.1:6006/v1/traces;
+    /// an OpenTelemetry Collector or Jaeger: http://127.0.0.1:4318/v1/traces).
+    #[arg(long, value_name = "URL")]
+    otlp: Option<String>,
 }
 
 /// A small deterministic pseudo-random sequence, so runs differ a little.
@@ -218,6 +224,26 @@ async fn main() -> ExitCode {
             eprintln!("{err}");
             return ExitCode::from(1);
         }
+    };
+    // Kept alive for the whole run: dropping the handle leaves it running,
+    // and the last Monitor flushes it when the demo ends.
+    let _otel = match &args.otlp {
+        Some(url) => match perfmon::otel::OtelExporter::otlp_http(url, "perfmon-demo")
+            .map_err(|e| e.to_string())
+            .and_then(|otel| monitor.add_exporter(otel).map_err(|e| e.to_string()))
+        {
+            Ok(handle) => {
+                println!(
+                    "OpenTelemetry: every finished pipeline goes to {url} (service perfmon-demo)"
+                );
+                Some(handle)
+            }
+            Err(err) => {
+                eprintln!("--otlp {url}: {err}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
     };
     println!("perfmon demo: simulated agent pipelines; Ctrl-C to stop");
     println!("Dashboard: {}", sidecar.url());

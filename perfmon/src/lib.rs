@@ -124,7 +124,7 @@
 // README's Architecture section):
 //   outcome, fields, sync, coverage, unseen, usage → record → output, analysis, stats,
 //   pipeline, metrics, events
-//   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws
+//   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws, otel
 mod analysis;
 mod builder;
 mod clock;
@@ -136,6 +136,9 @@ mod guard;
 mod layer;
 pub mod metrics;
 mod monitor;
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub mod otel;
 mod outcome;
 mod output;
 mod pipeline;

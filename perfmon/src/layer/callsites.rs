@@ -1,5 +1,6 @@
-//! Which callsites perfmon cares about, decided once per callsite in
-//! `register_callsite` and kept in a fixed lock-free table.
+//! Which callsites perfmon cares about, decided once per callsite (in
+//! `register_callsite`, or at its first sight if that never reached this
+//! layer) and kept in a fixed lock-free table.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -113,12 +114,12 @@ impl Callsites {
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - bits)) & (self.slots.len() - 1)
     }
 
-    /// Remembers `meta` as `kind`. If the table is full, remembers that
-    /// instead, so that misses are classified on the spot.
-    pub(crate) fn insert(&self, meta: &'static Metadata<'static>, kind: Kind) {
+    /// Remembers `meta` as `kind` (`None`: not perfmon's). If the table is
+    /// full, remembers that instead, so that misses are classified on the spot.
+    pub(crate) fn insert(&self, meta: &'static Metadata<'static>, kind: Option<Kind>) {
         let key = Self::key(meta);
         debug_assert_eq!(key & KIND_MASK, 0, "metadata is at least 8-byte aligned");
-        let packed = key | kind as usize;
+        let packed = key | kind.map_or(0, |k| k as usize);
         let start = self.start(key);
         let mask = self.slots.len() - 1;
         for i in 0..self.slots.len() {
@@ -133,6 +134,12 @@ impl Callsites {
     }
 
     /// What `meta` is, if perfmon cares about it.
+    ///
+    /// A callsite this table has not seen is classified here and
+    /// remembered: `register_callsite` does not always reach every layer
+    /// (a callsite first hit on one thread while another thread's
+    /// dispatcher is being registered is registered with the dispatchers
+    /// that existed then), and a perfmon span must never go unseen for that.
     #[inline]
     pub(crate) fn get(&self, meta: &'static Metadata<'static>) -> Option<Kind> {
         let key = Self::key(meta);
@@ -147,11 +154,16 @@ impl Callsites {
                 return Kind::from_bits(packed & KIND_MASK);
             }
         }
-        if self.full.load(Ordering::Acquire) {
-            Kind::classify(meta)
-        } else {
-            None
+        self.first_sight(meta)
+    }
+
+    #[cold]
+    fn first_sight(&self, meta: &'static Metadata<'static>) -> Option<Kind> {
+        let kind = Kind::classify(meta);
+        if !self.full.load(Ordering::Acquire) {
+            self.insert(meta, kind);
         }
+        kind
     }
 }
 
@@ -199,10 +211,17 @@ mod tests {
         let table = Callsites::new();
         let agent = span_meta!(perfmon.agent = "a").unwrap();
         let pipeline = span_meta!(perfmon.pipeline = "p").unwrap();
-        table.insert(agent, Kind::Agent);
-        table.insert(agent, Kind::Agent); // twice is once
+        table.insert(agent, Some(Kind::Agent));
+        table.insert(agent, Some(Kind::Agent)); // twice is once
         assert_eq!(table.get(agent), Some(Kind::Agent));
-        assert_eq!(table.get(pipeline), None);
+        let other = span_meta!(other = 1).unwrap();
+        table.insert(other, None);
+        assert_eq!(table.get(other), None);
+        assert_eq!(
+            table.get(pipeline),
+            Some(Kind::Pipeline),
+            "never registered here: classified at first sight"
+        );
     }
 
     #[test]
@@ -212,9 +231,9 @@ mod tests {
         let agent = span_meta!(perfmon.agent = "a").unwrap();
         let pipeline = span_meta!(perfmon.pipeline = "p").unwrap();
         let sync = span_meta!(perfmon.agent = "s", perfmon.sync = tracing::field::Empty).unwrap();
-        table.insert(agent, Kind::Agent);
-        table.insert(pipeline, Kind::Pipeline);
-        table.insert(sync, Kind::AgentSync); // no room
+        table.insert(agent, Some(Kind::Agent));
+        table.insert(pipeline, Some(Kind::Pipeline));
+        table.insert(sync, Some(Kind::AgentSync)); // no room
         assert_eq!(table.get(agent), Some(Kind::Agent));
         assert_eq!(table.get(pipeline), Some(Kind::Pipeline));
         assert_eq!(

@@ -527,9 +527,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        if let Some(kind) = Kind::classify(meta) {
-            self.callsites.insert(meta, kind);
-        }
+        self.callsites.insert(meta, Kind::classify(meta));
         // Never filter anything out for the other layers.
         Interest::always()
     }
