@@ -40,6 +40,7 @@ struct Args {
     /// Also send every finished pipeline to an OpenTelemetry backend, as
     /// OTLP over HTTP to this URL (Phoenix: http://127.0.0.1:6006/v1/traces;
     /// an OpenTelemetry Collector or Jaeger: http://127.0.0.1:4318/v1/traces).
+    #[cfg(feature = "otel")]
     #[arg(long, value_name = "URL")]
     otlp: Option<String>,
 }
@@ -227,6 +228,7 @@ async fn main() -> ExitCode {
     };
     // Kept alive for the whole run: dropping the handle leaves it running,
     // and the last Monitor flushes it when the demo ends.
+    #[cfg(feature = "otel")]
     let _otel = match &args.otlp {
         Some(url) => match perfmon::otel::OtelExporter::otlp_http(url, "perfmon-demo")
             .map_err(|e| e.to_string())

@@ -135,20 +135,22 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
     };
     let is_pipeline = kind == Kind::Pipeline;
 
-    // Fields: what identifies the span to perfmon, then the user's.
+    // What identifies the span to perfmon (perfmon's `__perfmon_span!`
+    // declares its fields, and with feature `otel` the GenAI attributes),
+    // then the user's fields.
     let empty = quote!(::perfmon::__private::tracing::field::Empty);
-    let mut fields = match kind {
+    let (span_kind, identity) = match kind {
         Kind::Agent | Kind::Tool => {
             let name = args
                 .name
                 .as_ref()
                 .map_or_else(|| span_name.to_token_stream(), ToTokens::to_token_stream);
-            let field = if kind == Kind::Tool {
-                quote!(perfmon.tool)
+            let span_kind = if kind == Kind::Tool {
+                quote!(tool)
             } else {
-                quote!(perfmon.agent)
+                quote!(agent)
             };
-            quote!(#field = #name, perfmon.outcome = #empty, perfmon.error = #empty,)
+            (span_kind, name)
         }
         Kind::Pipeline => {
             let id = args
@@ -156,9 +158,10 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
                 .as_ref()
                 .map(ToTokens::to_token_stream)
                 .unwrap_or_default();
-            quote!(perfmon.pipeline = ::perfmon::__private::tracing::field::display(&(#id)), perfmon.outcome = #empty, perfmon.error = #empty,)
+            (quote!(pipeline), quote!((#id)))
         }
     };
+    let mut fields = TokenStream::new();
     if kind != Kind::Pipeline && !is_async {
         fields.extend(quote!(perfmon.sync = #empty,));
     }
@@ -188,12 +191,7 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
     }
     let span_ident = format_ident!("__perfmon_span");
     let make_span = quote! {
-        let #span_ident = ::perfmon::__private::tracing::span!(
-            target: "perfmon",
-            ::perfmon::__private::tracing::Level::INFO,
-            #span_name,
-            #fields
-        );
+        let #span_ident = ::perfmon::__perfmon_span!(#span_kind, #span_name, #identity; #fields);
     };
 
     let error_of = |output: Option<&Type>| {

@@ -9,7 +9,7 @@ use tracing::Span;
 use tracing::span::EnteredSpan;
 
 use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
-use crate::guard::TrackedAgent;
+use crate::guard::{TrackedAgent, otel_status};
 use crate::outcome::Outcome;
 
 /// The error text of an `Err`, for `Result`-returning functions.
@@ -66,6 +66,13 @@ impl SyncScope {
         let error = error_of(output);
         if let Some(error) = &error {
             self.span.record(ERROR_FIELD, error.as_str());
+            #[cfg(feature = "otel")]
+            otel_status(
+                &self.span,
+                &Outcome::Failed {
+                    error: error.clone(),
+                },
+            );
         }
         if self.ends_pipeline {
             let outcome = if error.is_some() {
@@ -87,9 +94,18 @@ impl Drop for SyncScope {
             return;
         }
         if std::thread::panicking() {
+            otel_status(&self.span, &Outcome::Panicked);
             self.span.record(OUTCOME_FIELD, Outcome::Panicked.as_str());
         } else if self.ends_pipeline {
             self.span.record(OUTCOME_FIELD, Outcome::Succeeded.as_str());
         }
     }
+}
+
+/// After a `usage!` event: with feature `otel`, records the current run's
+/// usage totals and model on its span (see `perfmon::usage!`).
+#[inline]
+pub fn usage_reported() {
+    #[cfg(feature = "otel")]
+    crate::layer::record_usage_on_run_span();
 }

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use pin_project_lite::pin_project;
 use tracing::Span;
-use tracing::field::{Empty, display};
+use tracing::field::Empty;
 use tracing::span::EnteredSpan;
 
 use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
@@ -53,7 +53,26 @@ fn record_outcome(span: &Span, outcome: &Outcome) {
     if let Some(error) = outcome.error() {
         span.record(ERROR_FIELD, error);
     }
+    otel_status(span, outcome);
     span.record(OUTCOME_FIELD, outcome.as_str());
+}
+
+/// With feature `otel`: a run or pipeline that did not succeed gets the
+/// OpenTelemetry error status (`otel.status_description`, read by
+/// `tracing-opentelemetry`) and `error.type` = its outcome. Without it,
+/// nothing.
+#[inline]
+pub(crate) fn otel_status(span: &Span, outcome: &Outcome) {
+    #[cfg(feature = "otel")]
+    if outcome.is_failure() {
+        span.record("error.type", outcome.as_str());
+        span.record(
+            "otel.status_description",
+            outcome.error().unwrap_or(outcome.as_str()),
+        );
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, outcome);
 }
 
 /// Starts an agent run named `name`, as a child of the current span, and
@@ -89,14 +108,7 @@ fn record_outcome(span: &Span, outcome: &Outcome) {
 /// ```
 #[inline]
 pub fn agent(name: &str) -> AgentGuard {
-    let span = tracing::info_span!(
-        target: "perfmon",
-        "agent",
-        perfmon.agent = name,
-        perfmon.sync = Empty,
-        perfmon.outcome = Empty,
-        perfmon.error = Empty,
-    );
+    let span = crate::__perfmon_span!(agent, "agent", name; perfmon.sync = Empty,);
     AgentGuard::enter(span)
 }
 
@@ -132,14 +144,7 @@ pub fn agent(name: &str) -> AgentGuard {
 /// ```
 #[inline]
 pub fn tool(name: &str) -> ToolGuard {
-    let span = tracing::info_span!(
-        target: "perfmon",
-        "tool",
-        perfmon.tool = name,
-        perfmon.sync = Empty,
-        perfmon.outcome = Empty,
-        perfmon.error = Empty,
-    );
+    let span = crate::__perfmon_span!(tool, "tool", name; perfmon.sync = Empty,);
     ToolGuard(AgentGuard::enter(span))
 }
 
@@ -214,7 +219,9 @@ impl AgentGuard {
 
     /// Ends the run as failed, keeping `error`'s `Display` text.
     pub fn fail(mut self, error: impl fmt::Display) {
-        self.span.record(ERROR_FIELD, display(error));
+        let error = error.to_string();
+        self.span.record(ERROR_FIELD, error.as_str());
+        otel_status(&self.span, &Outcome::Failed { error });
         self.done = true;
     }
 
@@ -228,6 +235,7 @@ impl Drop for AgentGuard {
     #[inline]
     fn drop(&mut self) {
         if !self.done && !self.span.is_disabled() && std::thread::panicking() {
+            otel_status(&self.span, &Outcome::Panicked);
             self.span.record(OUTCOME_FIELD, Outcome::Panicked.as_str());
         }
     }
@@ -276,13 +284,7 @@ impl PipelineRecorder {
     /// Opens the pipeline's span (not entered).
     fn open(recorder: Arc<Recorder>, id: String) -> (Span, Self) {
         let start = recorder.now();
-        let span = tracing::info_span!(
-            target: "perfmon",
-            "pipeline",
-            perfmon.pipeline = id.as_str(),
-            perfmon.outcome = Empty,
-            perfmon.error = Empty,
-        );
+        let span = crate::__perfmon_span!(pipeline, "pipeline", id.as_str(););
         unseen::check(&span);
         let state = span
             .with_subscriber(|(id, dispatch)| WithPipeline::lookup(dispatch, id))
@@ -552,6 +554,7 @@ pin_project! {
             }
             if !*this.done {
                 let outcome = dropped_outcome(Outcome::Cancelled);
+                otel_status(this.span, &outcome);
                 this.span.record(OUTCOME_FIELD, outcome.as_str());
             }
         }
@@ -569,24 +572,12 @@ impl<F: Future> fmt::Debug for TrackedAgent<F> {
 
 impl<F: Future> TrackedAgent<F> {
     fn new(inner: F, name: &str, error_of: fn(&F::Output) -> Option<String>) -> Self {
-        let span = tracing::info_span!(
-            target: "perfmon",
-            "agent",
-            perfmon.agent = name,
-            perfmon.outcome = Empty,
-            perfmon.error = Empty,
-        );
+        let span = crate::__perfmon_span!(agent, "agent", name;);
         Self::from_span(span, inner, error_of, false)
     }
 
     fn new_tool(inner: F, name: &str, error_of: fn(&F::Output) -> Option<String>) -> Self {
-        let span = tracing::info_span!(
-            target: "perfmon",
-            "tool",
-            perfmon.tool = name,
-            perfmon.outcome = Empty,
-            perfmon.error = Empty,
-        );
+        let span = crate::__perfmon_span!(tool, "tool", name;);
         Self::from_span(span, inner, error_of, false)
     }
 
@@ -633,6 +624,13 @@ impl<F: Future> Future for TrackedAgent<F> {
         let error = (this.error_of)(&output);
         if let Some(error) = &error {
             this.span.record(ERROR_FIELD, error.as_str());
+            #[cfg(feature = "otel")]
+            otel_status(
+                this.span,
+                &Outcome::Failed {
+                    error: error.clone(),
+                },
+            );
         }
         if *this.ends_pipeline {
             let outcome = match error {

@@ -146,6 +146,7 @@ mod record;
 mod recorder;
 #[cfg(feature = "process")]
 mod sampler;
+mod span_macros;
 mod stats;
 mod sync;
 mod unseen;
@@ -294,16 +295,22 @@ macro_rules! output {
 /// outside any run it counts for the pipeline; outside both, in the
 /// overview only.
 ///
-/// A `tracing` event with target `perfmon::usage`, level `INFO`.
+/// A `tracing` event with target `perfmon::usage`, level `INFO`. With
+/// feature `otel`, the run's totals so far are also recorded on its span as
+/// `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens` and
+/// `gen_ai.request.model`, for `tracing-opentelemetry` to export.
 #[macro_export]
 macro_rules! usage {
-    ($($arg:tt)*) => {
+    ($($arg:tt)*) => {{
         $crate::__private::tracing::event!(
             target: "perfmon::usage",
             $crate::__private::tracing::Level::INFO,
             $($arg)*
-        )
-    };
+        );
+        // Feature `otel`: the run's totals onto its span, for
+        // `tracing-opentelemetry`. Without it, nothing.
+        $crate::__private::usage_reported();
+    }};
 }
 
 #[doc(hidden)]

@@ -3,6 +3,11 @@
 //! attributes of the OpenTelemetry GenAI semantic conventions and the
 //! OpenInference span kinds that Phoenix and Langfuse read.
 //!
+//! The feature also gives perfmon's live spans the same names and GenAI
+//! attributes from creation, for programs that export with
+//! `tracing-opentelemetry` instead (README, "OpenTelemetry"); use one route
+//! or the other.
+//!
 //! Top of the crate's dependency order, beside `ws`: it reads the event
 //! stream like any exporter and reaches into nothing below.
 //!

@@ -176,6 +176,67 @@ impl WithPipeline {
     }
 }
 
+/// Lets `usage!` (feature `otel`) find the current run's usage totals
+/// through the dispatcher, to record them on the run's span.
+#[cfg(feature = "otel")]
+#[derive(Clone, Copy)]
+pub(crate) struct WithRunUsage(fn(&Dispatch, &Id) -> Option<RunUsage>);
+
+/// A run's span, and the usage it reported so far.
+#[cfg(feature = "otel")]
+pub(crate) struct RunUsage {
+    id: Id,
+    meta: &'static Metadata<'static>,
+    usage: crate::usage::UsageSum,
+    model: Option<Arc<str>>,
+}
+
+/// Records the current run's usage totals and model on its span as
+/// `gen_ai.usage.*` and `gen_ai.request.model` (fields that
+/// `__perfmon_span!` declares with feature `otel`), so that
+/// `tracing-opentelemetry` exports them. Called by `usage!` after its
+/// event, outside any subscriber callback.
+#[cfg(feature = "otel")]
+pub(crate) fn record_usage_on_run_span() {
+    use tracing::field::Value;
+    tracing::dispatcher::get_default(|dispatch| {
+        let Some(current) = dispatch.current_span().id().cloned() else {
+            return;
+        };
+        let Some(hook) = dispatch.downcast_ref::<WithRunUsage>() else {
+            return;
+        };
+        let Some(run) = (hook.0)(dispatch, &current) else {
+            return;
+        };
+        let fields = run.meta.fields();
+        let (Some(input), Some(output)) = (
+            fields.field("gen_ai.usage.input_tokens"),
+            fields.field("gen_ai.usage.output_tokens"),
+        ) else {
+            return;
+        };
+        let (tokens_in, tokens_out) = (run.usage.input_tokens, run.usage.output_tokens);
+        match (fields.field("gen_ai.request.model"), run.model.as_deref()) {
+            (Some(field), Some(model)) => {
+                let values = [
+                    (&input, Some(&tokens_in as &dyn Value)),
+                    (&output, Some(&tokens_out as &dyn Value)),
+                    (&field, Some(&model as &dyn Value)),
+                ];
+                dispatch.record(&run.id, &Record::new(&fields.value_set(&values)));
+            }
+            _ => {
+                let values = [
+                    (&input, Some(&tokens_in as &dyn Value)),
+                    (&output, Some(&tokens_out as &dyn Value)),
+                ];
+                dispatch.record(&run.id, &Record::new(&fields.value_set(&values)));
+            }
+        }
+    });
+}
+
 /// The `tracing_subscriber::Layer` that times perfmon spans; from [`crate::Monitor::layer`].
 ///
 /// A span is an agent run if it has a `perfmon.agent` field, a pipeline if it
@@ -189,6 +250,8 @@ pub struct PerfmonLayer<S> {
     /// agents and unrelated spans pay nothing for busy tracking.
     busy_open: AtomicUsize,
     with_pipeline: WithPipeline,
+    #[cfg(feature = "otel")]
+    with_run_usage: WithRunUsage,
     _subscriber: PhantomData<fn(S)>,
 }
 
@@ -208,6 +271,8 @@ where
             callsites: Callsites::new(),
             busy_open: AtomicUsize::new(0),
             with_pipeline: WithPipeline(Self::pipeline_of),
+            #[cfg(feature = "otel")]
+            with_run_usage: WithRunUsage(Self::run_usage),
             _subscriber: PhantomData,
         }
     }
@@ -217,6 +282,31 @@ where
         let span = subscriber.span(id)?;
         let ext = span.extensions();
         ext.get::<PipelineData>().map(|p| Arc::clone(&p.state))
+    }
+
+    /// The nearest run at or above span `id`, with its usage so far.
+    #[cfg(feature = "otel")]
+    fn run_usage(dispatch: &Dispatch, id: &Id) -> Option<RunUsage> {
+        let subscriber = dispatch.downcast_ref::<S>()?;
+        let mut next = subscriber.span(id);
+        while let Some(span) = next {
+            let ext = span.extensions();
+            if let Some(run) = ext.get::<AgentData>() {
+                let extras = run.extras.as_ref()?;
+                return Some(RunUsage {
+                    id: span.id(),
+                    meta: span.metadata(),
+                    usage: extras.usage,
+                    model: extras.model.clone(),
+                });
+            }
+            if ext.get::<PipelineData>().is_some() {
+                return None;
+            }
+            drop(ext);
+            next = span.parent();
+        }
+        None
     }
 
     /// The one walk up the span tree: from `first` up through its
@@ -348,6 +438,17 @@ where
         if let Some(busy) = ext.get_mut::<AgentData>().and_then(|d| d.busy.as_mut()) {
             f(busy, &self.recorder);
         }
+    }
+
+    /// The `usage!` hook for `downcast_raw`, if `id` asks for it.
+    #[allow(clippy::unused_self)]
+    fn run_usage_hook(&self, id: TypeId) -> Option<*const ()> {
+        #[cfg(feature = "otel")]
+        if id == TypeId::of::<WithRunUsage>() {
+            return Some(&self.with_run_usage as *const WithRunUsage as *const ());
+        }
+        let _ = id;
+        None
     }
 
     fn kind(&self, meta: &'static Metadata<'static>) -> Option<Kind> {
@@ -756,7 +857,7 @@ where
         } else if id == TypeId::of::<WithPipeline>() {
             Some(&self.with_pipeline as *const WithPipeline as *const ())
         } else {
-            None
+            self.run_usage_hook(id)
         }
     }
 }
