@@ -43,6 +43,10 @@ struct Args {
     #[cfg(feature = "otel")]
     #[arg(long, value_name = "URL")]
     otlp: Option<String>,
+    /// The same over OTLP/gRPC (Phoenix or a Collector: http://127.0.0.1:4317).
+    #[cfg(feature = "otel")]
+    #[arg(long, value_name = "URL", conflicts_with = "otlp")]
+    otlp_grpc: Option<String>,
 }
 
 /// A small deterministic pseudo-random sequence, so runs differ a little.
@@ -229,10 +233,14 @@ async fn main() -> ExitCode {
     // Kept alive for the whole run: dropping the handle leaves it running,
     // and the last Monitor flushes it when the demo ends.
     #[cfg(feature = "otel")]
-    let _otel = match &args.otlp {
-        Some(url) => match perfmon::otel::OtelExporter::otlp_http(url, "perfmon-demo")
-            .map_err(|e| e.to_string())
-            .and_then(|otel| monitor.add_exporter(otel).map_err(|e| e.to_string()))
+    let _otel = match args.otlp.as_ref().or(args.otlp_grpc.as_ref()) {
+        Some(url) => match if args.otlp.is_some() {
+            perfmon::otel::OtelExporter::otlp_http(url, "perfmon-demo")
+        } else {
+            perfmon::otel::OtelExporter::otlp_grpc(url, "perfmon-demo")
+        }
+        .map_err(|e| e.to_string())
+        .and_then(|otel| monitor.add_exporter(otel).map_err(|e| e.to_string()))
         {
             Ok(handle) => {
                 println!(

@@ -64,6 +64,10 @@ pub enum OtelError {
         /// What `opentelemetry-otlp` said.
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    /// The gRPC exporter's runtime thread could not start (the process is
+    /// out of threads or memory).
+    #[error("could not start the OTLP gRPC exporter's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// An [`Exporter`] that sends each finished pipeline to OpenTelemetry as
@@ -76,6 +80,8 @@ pub enum OtelError {
 pub struct OtelExporter {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// The gRPC exporter's runtime (dropped after the provider's shutdown).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// The resource every span carries: the service, and the Phoenix project.
@@ -116,11 +122,54 @@ impl OtelExporter {
         Ok(Self::with_provider(provider))
     }
 
+    /// OTLP over gRPC (tonic) to `endpoint` (e.g. `http://127.0.0.1:4317`),
+    /// in batches from a thread of the SDK's own; the gRPC connection runs
+    /// on a small tokio runtime of the exporter's own (one thread), so it
+    /// works whether or not the program uses tokio. `service_name` as for
+    /// [`otlp_http`](OtelExporter::otlp_http).
+    ///
+    /// # Errors
+    ///
+    /// [`OtelError::Build`] if `opentelemetry-otlp` refuses the endpoint,
+    /// [`OtelError::Runtime`] if the runtime's thread cannot start.
+    pub fn otlp_grpc(endpoint: &str, service_name: &str) -> Result<Self, OtelError> {
+        use opentelemetry_otlp::WithExportConfig as _;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("perfmon-otlp-grpc")
+            .enable_all()
+            .build()
+            .map_err(OtelError::Runtime)?;
+        let exporter = {
+            // tonic connects lazily, with its connection task on this runtime.
+            let _enter = runtime.enter();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|source| OtelError::Build {
+                    endpoint: endpoint.to_owned(),
+                    source,
+                })?
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource(service_name))
+            .build();
+        let mut this = Self::with_provider(provider);
+        this.runtime = Some(runtime);
+        Ok(this)
+    }
+
     /// Exports through a tracer provider you built (your own exporter,
     /// sampler or resource; the SDK's in-memory exporter in tests).
     pub fn with_provider(provider: SdkTracerProvider) -> Self {
         let tracer = provider.tracer("perfmon");
-        OtelExporter { provider, tracer }
+        OtelExporter {
+            provider,
+            tracer,
+            runtime: None,
+        }
     }
 
     /// The trace of one finished pipeline.
@@ -289,5 +338,10 @@ impl Exporter for OtelExporter {
 impl Drop for OtelExporter {
     fn drop(&mut self) {
         let _ = self.provider.shutdown();
+        if let Some(runtime) = self.runtime.take() {
+            // Not from inside another runtime's task: the exporter thread is
+            // perfmon's own.
+            runtime.shutdown_background();
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! End to end against a real OpenTelemetry backend: Arize Phoenix (PyPI
 //! `arize-phoenix`), started here on loopback in a temporary directory.
-//! perfmon's OTLP exporter sends it two pipelines; Phoenix's REST API must
-//! show each as one trace with the expected span names, kinds, parents and
-//! token counts.
+//! perfmon's OTLP exporter sends it two pipelines over HTTP and one over
+//! gRPC; Phoenix's REST API must show each as one trace with the expected
+//! span names, kinds, parents and token counts.
 //!
 //! Needs `phoenix` (set `PHOENIX` to its path, or have it on `PATH`, or in
 //! `/opt/phoenix/bin`). Skips without it, unless `PERFMON_PHOENIX_TESTS=require`
@@ -50,6 +50,7 @@ struct Phoenix {
     child: Child,
     dir: PathBuf,
     port: u16,
+    grpc: u16,
 }
 
 impl Drop for Phoenix {
@@ -132,7 +133,12 @@ fn start_phoenix() -> Option<Phoenix> {
         ))
         .spawn()
         .expect("phoenix starts");
-    let phoenix = Phoenix { child, dir, port };
+    let phoenix = Phoenix {
+        child,
+        dir,
+        port,
+        grpc,
+    };
     let deadline = Instant::now() + Duration::from_secs(180);
     while get(port, "/healthz").map(|(s, _)| s) != Some(200) {
         assert!(
@@ -263,4 +269,49 @@ fn phoenix_shows_each_pipeline_as_one_trace_with_agents_tools_and_tokens() {
             "{compile}"
         );
     }
+
+    // The same exporter over gRPC, to Phoenix's OTLP gRPC port.
+    let grpc_project = format!("perfmon-e2e-grpc-{}", std::process::id());
+    let exporter =
+        OtelExporter::otlp_grpc(&format!("http://127.0.0.1:{}", phoenix.grpc), &grpc_project)
+            .unwrap();
+    let handle = monitor.add_exporter(exporter).unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        let pipeline = monitor.start_pipeline("over_grpc");
+        {
+            let _agent = perfmon::agent("planner");
+            let _tool = perfmon::tool("search");
+        }
+        pipeline.finish();
+    });
+    handle.flush(Duration::from_secs(30)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let names: Vec<String> = loop {
+        let path = format!("/v1/projects/{grpc_project}/spans?limit=100");
+        if let Some((200, body)) = get(phoenix.port, &path) {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let spans = v["data"].as_array().cloned().unwrap_or_default();
+            if spans.len() >= 3 {
+                let mut names: Vec<String> = spans
+                    .iter()
+                    .map(|s| s["name"].as_str().unwrap().to_owned())
+                    .collect();
+                names.sort();
+                break names;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Phoenix did not show the gRPC pipeline in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        names,
+        [
+            "execute_tool search",
+            "invoke_agent planner",
+            "invoke_workflow over_grpc"
+        ]
+    );
 }
