@@ -240,13 +240,16 @@ async fn main() -> ExitCode {
             perfmon::otel::OtelExporter::otlp_grpc(url, "perfmon-demo")
         }
         .map_err(|e| e.to_string())
-        .and_then(|otel| monitor.add_exporter(otel).map_err(|e| e.to_string()))
-        {
-            Ok(handle) => {
+        .and_then(|otel| {
+            let stats = otel.stats();
+            let handle = monitor.add_exporter(otel).map_err(|e| e.to_string())?;
+            Ok((handle, stats))
+        }) {
+            Ok(sent) => {
                 println!(
                     "OpenTelemetry: every finished pipeline goes to {url} (service perfmon-demo)"
                 );
-                Some(handle)
+                Some(sent)
             }
             Err(err) => {
                 eprintln!("--otlp {url}: {err}");
@@ -285,6 +288,16 @@ async fn main() -> ExitCode {
     }
     print_slowest(&monitor);
     sidecar.shutdown();
+    #[cfg(feature = "otel")]
+    if let Some((handle, stats)) = &_otel {
+        let _ = handle.flush(Duration::from_secs(10));
+        println!(
+            "OpenTelemetry: {} spans exported, {} lost in {} failed exports",
+            stats.spans_exported(),
+            stats.spans_failed(),
+            stats.failed_exports()
+        );
+    }
     let overview = monitor.overview();
     println!(
         "\n{} pipelines ({} failed), {} agent runs ({} outside any pipeline), mean pipeline {:.2?}; {}",

@@ -36,6 +36,8 @@
 //! `error.type` = its outcome (`failed`, `panicked`, `cancelled`); its kept
 //! output lines are span events named `output`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{
@@ -43,7 +45,8 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
 
 use crate::events::{Event, EventKind};
 use crate::exporter::Exporter;
@@ -80,6 +83,7 @@ pub enum OtelError {
 pub struct OtelExporter {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    stats: OtelStats,
     /// The gRPC exporter's runtime (dropped after the provider's shutdown).
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -115,11 +119,31 @@ impl OtelExporter {
                 endpoint: endpoint.to_owned(),
                 source,
             })?;
+        Ok(Self::counted(exporter, endpoint, service_name))
+    }
+
+    /// A batch provider over `exporter`, whose results are counted in the
+    /// exporter's [`OtelStats`].
+    fn counted(exporter: impl SpanExporter + 'static, endpoint: &str, service: &str) -> Self {
+        let stats = OtelStats::default();
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource(service_name))
+            .with_batch_exporter(Counted {
+                inner: exporter,
+                stats: stats.clone(),
+                endpoint: endpoint.to_owned(),
+            })
+            .with_resource(resource(service))
             .build();
-        Ok(Self::with_provider(provider))
+        let mut this = Self::with_provider(provider);
+        this.stats = stats;
+        this
+    }
+
+    /// What this exporter has sent and failed to send so far (for
+    /// `otlp_http` and `otlp_grpc`; a provider of your own counts nothing
+    /// here). Take it before handing the exporter to `add_exporter`.
+    pub fn stats(&self) -> OtelStats {
+        self.stats.clone()
     }
 
     /// OTLP over gRPC (tonic) to `endpoint` (e.g. `http://127.0.0.1:4317`),
@@ -152,11 +176,7 @@ impl OtelExporter {
                     source,
                 })?
         };
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource(service_name))
-            .build();
-        let mut this = Self::with_provider(provider);
+        let mut this = Self::counted(exporter, endpoint, service_name);
         this.runtime = Some(runtime);
         Ok(this)
     }
@@ -168,6 +188,7 @@ impl OtelExporter {
         OtelExporter {
             provider,
             tracer,
+            stats: OtelStats::default(),
             runtime: None,
         }
     }
@@ -221,6 +242,85 @@ impl OtelExporter {
             }
         }
         root.span().end_with_timestamp(start + report.duration);
+    }
+}
+
+/// Spans an [`OtelExporter`] sent and failed to send: failures are
+/// counted here and warned about once (a `WARN` event from target
+/// `perfmon`), never a stall or a panic of the program. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct OtelStats(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    spans_exported: AtomicU64,
+    spans_failed: AtomicU64,
+    failed_exports: AtomicU64,
+    warned: AtomicBool,
+}
+
+impl OtelStats {
+    /// Spans the backend accepted.
+    pub fn spans_exported(&self) -> u64 {
+        self.0.spans_exported.load(Ordering::Relaxed)
+    }
+
+    /// Spans lost because an export failed (backend down, refused, timed out).
+    pub fn spans_failed(&self) -> u64 {
+        self.0.spans_failed.load(Ordering::Relaxed)
+    }
+
+    /// Export calls (batches) that failed.
+    pub fn failed_exports(&self) -> u64 {
+        self.0.failed_exports.load(Ordering::Relaxed)
+    }
+}
+
+/// The OTLP exporter, with its results counted.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    stats: OtelStats,
+    endpoint: String,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        let counts = &self.stats.0;
+        match &result {
+            Ok(()) => {
+                counts.spans_exported.fetch_add(spans, Ordering::Relaxed);
+            }
+            Err(error) => {
+                counts.spans_failed.fetch_add(spans, Ordering::Relaxed);
+                counts.failed_exports.fetch_add(1, Ordering::Relaxed);
+                if !counts.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        target: "perfmon",
+                        "OpenTelemetry export to {} failed ({error}); its {spans} spans were \
+                         dropped and the program goes on. Check the endpoint and that the \
+                         backend is up. OtelExporter::stats() counts every failure; this \
+                         warning is printed once.",
+                        self.endpoint
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

@@ -175,3 +175,30 @@ async fn a_pipeline_is_one_trace_of_workflow_agent_and_tool_spans() {
     assert_eq!(output.len(), 1);
     assert_eq!(output[0].name, "output");
 }
+
+/// A backend that is not there: the failures are counted (and warned about
+/// once), the program goes on, nothing is exported.
+#[test]
+fn an_unreachable_backend_is_counted_never_a_stall() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let exporter =
+        OtelExporter::otlp_http(&format!("http://127.0.0.1:{port}/v1/traces"), "nobody").unwrap();
+    let stats = exporter.stats();
+    let monitor = Monitor::builder().metrics(false).build();
+    let handle = monitor.add_exporter(exporter).unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
+    tracing::dispatcher::with_default(&dispatch, || {
+        let pipeline = monitor.start_pipeline("lost");
+        perfmon::agent("planner").succeed();
+        pipeline.finish();
+    });
+    handle.flush(Duration::from_secs(30)).unwrap();
+    assert_eq!(stats.spans_exported(), 0);
+    assert_eq!(stats.spans_failed(), 2, "the workflow and its run");
+    assert_eq!(stats.failed_exports(), 1);
+}

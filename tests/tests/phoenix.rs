@@ -163,6 +163,7 @@ fn phoenix_shows_each_pipeline_as_one_trace_with_agents_tools_and_tokens() {
         &project,
     )
     .unwrap();
+    let sent = exporter.stats();
     let handle = monitor.add_exporter(exporter).unwrap();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
     tracing::dispatcher::with_default(&dispatch, || {
@@ -213,6 +214,7 @@ fn phoenix_shows_each_pipeline_as_one_trace_with_agents_tools_and_tokens() {
         8,
         "2 workflows, 2 planners, 2 codegens, 2 compiles"
     );
+    assert_eq!((sent.spans_exported(), sent.spans_failed()), (8, 0));
 
     let mut traces: HashMap<String, Vec<&Value>> = HashMap::new();
     for span in &spans {
