@@ -107,5 +107,5 @@ impl Drop for SyncScope {
 #[inline]
 pub fn usage_reported() {
     #[cfg(feature = "otel")]
-    crate::layer::record_usage_on_run_span();
+    crate::layer::runs::record_usage_on_run_span();
 }

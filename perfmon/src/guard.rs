@@ -219,9 +219,16 @@ impl AgentGuard {
 
     /// Ends the run as failed, keeping `error`'s `Display` text.
     pub fn fail(mut self, error: impl fmt::Display) {
-        let error = error.to_string();
-        self.span.record(ERROR_FIELD, error.as_str());
-        otel_status(&self.span, &Outcome::Failed { error });
+        // The text is made once, by the layer, unless `otel` also needs it.
+        #[cfg(not(feature = "otel"))]
+        self.span
+            .record(ERROR_FIELD, tracing::field::display(error));
+        #[cfg(feature = "otel")]
+        {
+            let error = error.to_string();
+            self.span.record(ERROR_FIELD, error.as_str());
+            otel_status(&self.span, &Outcome::Failed { error });
+        }
         self.done = true;
     }
 
