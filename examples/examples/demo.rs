@@ -4,7 +4,15 @@
 //! cargo run --example demo                  # until Ctrl-C
 //! cargo run --example demo -- --pipelines 3 # stop after three pipelines
 //! cargo run --example demo -- --otlp http://127.0.0.1:6006/v1/traces   # and to Phoenix
+//! cargo run --example demo -- --no-history  # keep nothing between runs
 //! ```
+//!
+//! History: every finished pipeline, per-agent rollups and alert
+//! transitions go to `target/perfmon-demo.db` (`--history PATH`), so a
+//! second run shows the first run's pipelines in the History view and in
+//! `/api/performance/history/...`. Two alert rules fire in a normal run
+//! within a minute: physics' p99 above 1.2 s, and codegen failing more
+//! than 10% of the time.
 //!
 //! Each pipeline: a `planner`, then `geometry`, `physics` (which runs a
 //! `solver` inside it) and `materials` in parallel (`physics` is the clear
@@ -23,7 +31,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use perfmon::{Monitor, TrackAgentExt};
+use perfmon::{AlertRule, Monitor, TrackAgentExt};
 use tracing::Instrument;
 use tracing_subscriber::prelude::*;
 
@@ -47,6 +55,32 @@ struct Args {
     #[cfg(feature = "otel")]
     #[arg(long, value_name = "URL", conflicts_with = "otlp")]
     otlp_grpc: Option<String>,
+    /// Keep finished pipelines, trends and alerts in this SQLite file.
+    #[arg(long, value_name = "PATH", default_value = "target/perfmon-demo.db")]
+    history: std::path::PathBuf,
+    /// Keep no history.
+    #[arg(long, conflicts_with = "history")]
+    no_history: bool,
+    /// POST alerts as JSON to this http:// URL.
+    #[arg(long, value_name = "URL")]
+    alert_webhook: Option<String>,
+}
+
+/// Opens the history file; the demo runs without one if it cannot.
+fn open_history(args: &Args) -> Option<perfmon::History> {
+    if args.no_history {
+        return None;
+    }
+    if let Some(dir) = args.history.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match perfmon::History::open(&args.history) {
+        Ok(history) => Some(history),
+        Err(err) => {
+            eprintln!("History off: {err}");
+            None
+        }
+    }
 }
 
 /// A small deterministic pseudo-random sequence, so runs differ a little.
@@ -206,9 +240,30 @@ async fn pipeline(n: u64, jitter: &mut Jitter) -> Result<(), CodegenError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
-    let monitor = Monitor::builder()
+    let history = open_history(&args);
+    let mut builder = Monitor::builder()
         .process_sampler(Duration::from_secs(1))
-        .build();
+        // Two rules a normal run crosses within a minute.
+        .alert(
+            AlertRule::agent_p99_above("physics", Duration::from_millis(1_200))
+                .named("physics p99 above 1.2s")
+                .window(Duration::from_secs(60))
+                .min_runs(3),
+        )
+        .alert(
+            AlertRule::failure_rate_above("codegen", 0.1)
+                .named("codegen failing over 10%")
+                .window(Duration::from_secs(120))
+                .min_runs(4),
+        )
+        .alert(AlertRule::no_pipeline_for(Duration::from_secs(30)).named("no pipeline for 30s"));
+    if let Some(url) = &args.alert_webhook {
+        builder = builder.alert_webhook(url);
+    }
+    if let Some(history) = history {
+        builder = builder.history(history);
+    }
+    let monitor = builder.build();
     // perfmon's layer sees every span; the log (stderr) shows warnings only,
     // perfmon's own included, through a filter on the log layer alone.
     tracing_subscriber::registry()
@@ -268,6 +323,27 @@ async fn main() -> ExitCode {
         "Metrics:   curl -s {}metrics   (Prometheus: histograms by agent and outcome)",
         sidecar.url()
     );
+    if let Some(history) = monitor.history() {
+        let earlier = match history.pipelines(&perfmon::PipelineQuery::new().limit(1_000)) {
+            Ok(page) if page.next.is_some() => "over 1000".to_string(),
+            Ok(page) => page.pipelines.len().to_string(),
+            Err(err) => format!("unreadable: {err}"),
+        };
+        println!(
+            "History:   {} (session {}, {earlier} pipelines from earlier runs)",
+            history.path().display(),
+            history.session(),
+        );
+        println!(
+            "           curl -s '{}api/performance/history/pipelines?outcome=failed&limit=5'",
+            sidecar.url()
+        );
+        println!(
+            "           curl -s '{}api/performance/history/agents/physics?bucket=minute'",
+            sidecar.url()
+        );
+    }
+    println!("Alerts:    curl -s {}api/performance/alerts", sidecar.url());
     let run = async {
         let mut jitter = Jitter(0x9E37_79B9_7F4A_7C15);
         let mut n = 0;
@@ -296,6 +372,24 @@ async fn main() -> ExitCode {
             stats.spans_exported(),
             stats.spans_failed(),
             stats.failed_exports()
+        );
+    }
+    for alert in monitor.alerts() {
+        println!("alert {:<9} {}", alert.state.as_str(), alert.message);
+    }
+    if let Some(history) = monitor.history() {
+        let _ = monitor.flush();
+        let stats = history.stats();
+        println!(
+            "History: {} pipelines stored in {} ({} lost, {} events missed){}",
+            stats.pipelines_written,
+            history.path().display(),
+            stats.pipelines_lost,
+            stats.events_missed,
+            stats
+                .last_error
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
         );
     }
     let overview = monitor.overview();

@@ -18,8 +18,10 @@
 //! the async baseline), `nested` (an agent with one agent inside it: two
 //! runs per iteration, and the inner one's time subtracted from the outer
 //! one's self time), `tool` (`perfmon::tool` inside one pipeline: compare
-//! with `pipeline`), `none` (`perfmon::agent` with no subscriber). See
-//! BENCHMARKS.md.
+//! with `pipeline`), `pipelines` (finished pipelines of ten runs each),
+//! `pipelines-history` (the same with a history file in the temporary
+//! directory: count the host thread alone with `--separate-threads=yes`),
+//! `none` (`perfmon::agent` with no subscriber). See BENCHMARKS.md.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -37,7 +39,19 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let monitor = perfmon::Monitor::builder().metrics(false).build();
+    // `pipelines-history`: the same as `pipelines`, with a history file.
+    let db = std::env::temp_dir().join(format!("perfmon-hotloop-{}.db", std::process::id()));
+    let mut builder = perfmon::Monitor::builder().metrics(false);
+    if mode == "pipelines-history" {
+        match perfmon::History::open(&db) {
+            Ok(history) => builder = builder.history(history),
+            Err(err) => {
+                eprintln!("{err}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let monitor = builder.build();
     // Only built in the modes that use it: creating any dispatcher changes
     // how disabled callsites are checked, which would skew `none`.
     let with_layer =
@@ -78,6 +92,18 @@ fn main() {
             }
             drop(pipeline);
         }),
+        "pipelines" | "pipelines-history" => {
+            tracing::dispatcher::with_default(&with_layer(), || {
+                // Pipelines of ten runs, each finished: what the history stores.
+                for _ in 0..runs / 10 {
+                    let pipeline = monitor.start_pipeline("loop");
+                    for _ in 0..10 {
+                        drop(black_box(perfmon::agent("geometry")));
+                    }
+                    drop(pipeline);
+                }
+            })
+        }
         "nested" => tracing::dispatcher::with_default(&with_layer(), || {
             for _ in 0..runs {
                 let outer = perfmon::agent("planner");
@@ -112,7 +138,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown mode {other:?}: registry | perfmon | pipeline | nested | future | future-registry | none"
+                "unknown mode {other:?}: registry | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-registry | none"
             );
             std::process::exit(2);
         }
@@ -121,4 +147,12 @@ fn main() {
         "{mode}: {} agent runs recorded",
         monitor.overview().agent_runs_total
     );
+    if let Some(history) = monitor.history() {
+        let _ = monitor.flush();
+        println!("{} pipelines stored", history.stats().pipelines_written);
+    }
+    drop(monitor);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
 }

@@ -5,7 +5,7 @@
 //! monitor never names its builder's internals.
 
 use std::sync::Arc;
-#[cfg(feature = "process")]
+#[cfg(any(feature = "process", feature = "alerts"))]
 use std::time::Duration;
 
 use crate::analysis::Rule;
@@ -54,6 +54,14 @@ pub struct MonitorBuilder {
     clock: Option<quanta::Clock>,
     #[cfg(feature = "process")]
     sampler: Option<Duration>,
+    #[cfg(feature = "history")]
+    history: Option<crate::history::History>,
+    #[cfg(feature = "alerts")]
+    alert_rules: Vec<crate::alerts::AlertRule>,
+    #[cfg(feature = "alerts")]
+    webhooks: Vec<String>,
+    #[cfg(feature = "alerts")]
+    webhook_timeout: Duration,
 }
 
 impl Default for MonitorBuilder {
@@ -76,6 +84,14 @@ impl Default for MonitorBuilder {
             clock: None,
             #[cfg(feature = "process")]
             sampler: None,
+            #[cfg(feature = "history")]
+            history: None,
+            #[cfg(feature = "alerts")]
+            alert_rules: Vec::new(),
+            #[cfg(feature = "alerts")]
+            webhooks: Vec::new(),
+            #[cfg(feature = "alerts")]
+            webhook_timeout: crate::alerts::DEFAULT_WEBHOOK_TIMEOUT,
         }
     }
 }
@@ -232,6 +248,59 @@ impl MonitorBuilder {
         self
     }
 
+    /// Keeps finished pipelines, per-agent rollups and alert transitions in
+    /// `history` (an SQLite file; see [`History`](crate::History)), written
+    /// on a thread of the monitor's own. Reports older than what is kept in
+    /// memory, and those from before a restart, are then still answered by
+    /// [`Monitor::recent_pipelines`] and [`Monitor::pipeline`].
+    #[cfg(feature = "history")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "history")))]
+    pub fn history(mut self, history: crate::history::History) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    /// Judges `rule` over its sliding window on a thread of the monitor's
+    /// own; its transitions are `alert_fired` / `alert_resolved` events, a
+    /// `tracing` line (WARN when it fires), the webhooks, and
+    /// [`Monitor::alerts`]. See [`AlertRule`](crate::AlertRule).
+    #[cfg(feature = "alerts")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
+    pub fn alert(mut self, rule: crate::alerts::AlertRule) -> Self {
+        self.alert_rules.push(rule);
+        self
+    }
+
+    /// POSTs every alert transition as JSON (`{"event": "alert_fired",
+    /// "alert": {...}}`) to `url` (plain `http://`), from a thread and a
+    /// bounded queue of its own: each attempt times out (default 5 s) and
+    /// is retried three times with backoff; what fails is counted in
+    /// [`Monitor::alert_webhooks`]. A dead webhook slows nothing else.
+    ///
+    /// # Panics
+    ///
+    /// If `url` does not start with `http://`.
+    #[cfg(feature = "alerts")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
+    #[track_caller]
+    pub fn alert_webhook(mut self, url: impl Into<String>) -> Self {
+        let url = url.into();
+        assert!(
+            url.starts_with("http://"),
+            "alert_webhook takes an http:// URL (https needs a TLS relay), got {url:?}"
+        );
+        self.webhooks.push(url);
+        self
+    }
+
+    /// How long each webhook attempt may take. Default 5 s.
+    #[cfg(feature = "alerts")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
+    pub fn alert_webhook_timeout(mut self, timeout: Duration) -> Self {
+        self.webhook_timeout = timeout;
+        self
+    }
+
     /// Builds the monitor. A process sampler that cannot start its thread
     /// is counted in `Overview::thread_failures`; the monitor works without it.
     pub fn build(self) -> Monitor {
@@ -263,10 +332,23 @@ impl MonitorBuilder {
                     }
                 },
             );
+        #[cfg(feature = "alerts")]
+        let alerts = (!self.alert_rules.is_empty()).then(|| {
+            let webhooks = self
+                .webhooks
+                .into_iter()
+                .map(|url| crate::alerts::Webhook::start(url, self.webhook_timeout))
+                .collect();
+            crate::alerts::Evaluator::new(Arc::clone(&recorder), self.alert_rules, webhooks)
+        });
         Monitor::from_recorder(
             recorder,
             #[cfg(feature = "process")]
             sampler,
+            #[cfg(feature = "history")]
+            self.history,
+            #[cfg(feature = "alerts")]
+            alerts,
         )
     }
 }

@@ -25,6 +25,7 @@ use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::alert_state::Alert;
 use crate::metrics;
 use crate::outcome::Outcome;
 use crate::record::{PipelineReport, ser};
@@ -187,6 +188,10 @@ pub enum EventKind {
     },
     /// A pipeline finished: the whole report, with `bottlenecks` and `critical_path`.
     PipelineCompleted(Arc<PipelineReport>),
+    /// An alert rule started firing (`MonitorBuilder::alert`): its state.
+    AlertFired(Arc<Alert>),
+    /// A firing alert rule went back below its line: its state.
+    AlertResolved(Arc<Alert>),
     /// An `ERROR`-level tracing event inside a tracked span.
     Error {
         /// The agent it happened in, if any.
@@ -210,6 +215,8 @@ impl EventKind {
             EventKind::ToolOutput { .. } => "tool_output",
             EventKind::ToolCompleted { .. } => "tool_completed",
             EventKind::PipelineCompleted(_) => "pipeline_completed",
+            EventKind::AlertFired(_) => "alert_fired",
+            EventKind::AlertResolved(_) => "alert_resolved",
             EventKind::Error { .. } => "error",
         }
     }
@@ -235,6 +242,10 @@ pub(crate) struct Bus {
     /// [`Subscription`], which must not keep the bus (and so the broadcast
     /// sender) alive.
     listeners: Arc<AtomicUsize>,
+    /// Live subscriptions that want pipeline-level events only (finished
+    /// reports, alerts), plus the `CLOSED` bit: with only these, runs
+    /// build no event at all.
+    report_listeners: Arc<AtomicUsize>,
     dropped: AtomicU64,
     published: AtomicU64,
     sleeping: AtomicBool,
@@ -261,6 +272,7 @@ impl Bus {
         Bus {
             queue: ArrayQueue::new(queue_capacity),
             listeners: Arc::new(AtomicUsize::new(0)),
+            report_listeners: Arc::new(AtomicUsize::new(0)),
             dropped: AtomicU64::new(0),
             published: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
@@ -280,6 +292,14 @@ impl Bus {
     pub(crate) fn is_active(&self) -> bool {
         let listeners = self.listeners.load(Ordering::Relaxed);
         listeners > 0 && listeners < CLOSED
+    }
+
+    /// `true` when someone listens to pipeline-level events (every
+    /// subscriber does) and the bus is open.
+    #[inline]
+    pub(crate) fn wants_reports(&self) -> bool {
+        let reports = self.report_listeners.load(Ordering::Relaxed);
+        self.is_active() || (reports > 0 && reports < CLOSED)
     }
 
     /// Queues an event without ever waiting. `seq` is assigned later.
@@ -368,6 +388,7 @@ impl Bus {
     /// once they have read what was sent. Idempotent.
     pub(crate) fn close(&self) {
         self.listeners.fetch_or(CLOSED, Ordering::Relaxed);
+        self.report_listeners.fetch_or(CLOSED, Ordering::Relaxed);
         let dispatcher = lock(&self.dispatcher).take();
         if let Some(handle) = dispatcher {
             handle.thread().unpark();
@@ -481,7 +502,19 @@ pub(crate) enum TryRecv {
 
 impl Subscription {
     pub(crate) fn new(bus: &Arc<Bus>) -> Self {
-        bus.listeners.fetch_add(1, Ordering::Relaxed);
+        Subscription::counted(bus, &bus.listeners)
+    }
+
+    /// A subscription to pipeline-level events only (`pipeline_completed`,
+    /// alerts): it receives whatever is published, but while only such
+    /// subscriptions exist, agent and tool runs publish nothing.
+    #[cfg_attr(not(feature = "history"), allow(dead_code))]
+    pub(crate) fn reports_only(bus: &Arc<Bus>) -> Self {
+        Subscription::counted(bus, &bus.report_listeners)
+    }
+
+    fn counted(bus: &Arc<Bus>, listeners: &Arc<AtomicUsize>) -> Self {
+        listeners.fetch_add(1, Ordering::Relaxed);
         ensure_dispatcher(bus);
         let receiver = bus.receiver().unwrap_or_else(|| {
             // Closed: a receiver whose sender is already gone ends at once.
@@ -490,7 +523,7 @@ impl Subscription {
         Subscription {
             receiver,
             missed: 0,
-            listeners: Arc::clone(&bus.listeners),
+            listeners: Arc::clone(listeners),
         }
     }
 

@@ -38,6 +38,10 @@ pub trait Exporter: Send + 'static {
     /// Pushes out anything buffered. Called by [`ExporterHandle::flush`],
     /// and once more before the exporter stops.
     fn flush(&mut self) {}
+
+    /// Called when the thread has read everything ready, before it waits
+    /// for more (at least every 100 ms): time to send what a timer holds.
+    fn idle(&mut self) {}
 }
 
 /// Why a flush did not complete.
@@ -148,26 +152,7 @@ impl ExporterHandle {
     /// [`ExporterError::Stopped`] if the exporter is no longer running;
     /// [`ExporterError::Timeout`] if it did not get there in time.
     pub fn flush(&self, timeout: Duration) -> Result<(), ExporterError> {
-        let control = &self.control;
-        if control.has_exited() {
-            return Err(ExporterError::Stopped);
-        }
-        // Number and send what the recorder queued so far, so the request
-        // covers it; the thread reads it all before answering.
-        control.bus.drain();
-        let ticket = control.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        if let Some(handle) = lock(&control.thread).as_ref() {
-            handle.thread().unpark();
-        }
-        if control.wait(timeout, |s| s.flushed >= ticket || s.exited) {
-            if lock(&control.state).flushed >= ticket {
-                Ok(())
-            } else {
-                Err(ExporterError::Stopped)
-            }
-        } else {
-            Err(ExporterError::Timeout(timeout))
-        }
+        flush(&self.control, timeout)
     }
 
     /// Stops the exporter after a last [`Exporter::flush`] and waits for its
@@ -184,6 +169,29 @@ impl ExporterHandle {
 
     pub(crate) fn control(&self) -> Arc<Control> {
         Arc::clone(&self.control)
+    }
+}
+
+/// See [`ExporterHandle::flush`].
+pub(crate) fn flush(control: &Control, timeout: Duration) -> Result<(), ExporterError> {
+    if control.has_exited() {
+        return Err(ExporterError::Stopped);
+    }
+    // Number and send what the recorder queued so far, so the request
+    // covers it; the thread reads it all before answering.
+    control.bus.drain();
+    let ticket = control.requested.fetch_add(1, Ordering::AcqRel) + 1;
+    if let Some(handle) = lock(&control.thread).as_ref() {
+        handle.thread().unpark();
+    }
+    if control.wait(timeout, |s| s.flushed >= ticket || s.exited) {
+        if lock(&control.state).flushed >= ticket {
+            Ok(())
+        } else {
+            Err(ExporterError::Stopped)
+        }
+    } else {
+        Err(ExporterError::Timeout(timeout))
     }
 }
 
@@ -272,6 +280,7 @@ fn run(control: &Control, mut subscription: Subscription, mut exporter: Box<dyn 
             exporter.flush();
             control.set(|s| s.flushed = requested);
         }
+        exporter.idle();
         thread::park_timeout(IDLE_PARK);
     }
 }

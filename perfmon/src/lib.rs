@@ -125,6 +125,10 @@
 //   outcome, fields, sync, coverage, unseen, usage → record → output, analysis, stats,
 //   pipeline, metrics, events
 //   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws, otel
+mod alert_state;
+#[cfg(feature = "alerts")]
+#[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
+pub mod alerts;
 mod analysis;
 mod builder;
 mod clock;
@@ -133,6 +137,8 @@ mod events;
 mod exporter;
 mod fields;
 mod guard;
+#[cfg(feature = "history")]
+pub mod history;
 mod layer;
 pub mod metrics;
 mod monitor;
@@ -155,6 +161,10 @@ mod usage;
 #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
 pub mod ws;
 
+pub use alert_state::{Alert, AlertState};
+#[cfg(feature = "alerts")]
+#[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
+pub use alerts::{AlertRule, WebhookStats};
 pub use builder::{
     DEFAULT_BOTTLENECK_THRESHOLD, DEFAULT_MAX_OUTPUT_LINE_BYTES, DEFAULT_MAX_OUTPUT_LINES,
     MonitorBuilder,
@@ -168,6 +178,12 @@ pub use fields::{
 };
 pub use guard::{
     AgentGuard, PipelineGuard, ToolGuard, TrackAgentExt, TrackedAgent, TrackedPipeline, agent, tool,
+};
+#[cfg(feature = "history")]
+#[cfg_attr(docsrs, doc(cfg(feature = "history")))]
+pub use history::{
+    AgentHistory, Bucket, Comparison, History, HistoryBuilder, HistoryError, HistoryStats, Period,
+    PipelinePage, PipelineQuery, REGRESSION_MIN_RUNS, StoredAlert, StoredPipeline, TrendPoint,
 };
 pub use layer::PerfmonLayer;
 pub use monitor::Monitor;

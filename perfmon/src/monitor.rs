@@ -26,6 +26,8 @@ use crate::sync::lock;
 
 /// How long dropping the last monitor waits for each exporter to finish.
 const EXPORTER_GRACE: Duration = Duration::from_secs(2);
+/// How long [`Monitor::flush`] waits for each exporter.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Collects timings from [`PerfmonLayer`] and answers questions about them.
 ///
@@ -61,6 +63,12 @@ struct Shared {
     /// The sidecar's replay ring, kept across sidecar restarts (feature `ws`).
     #[cfg(feature = "ws")]
     ws_hub: std::sync::OnceLock<Arc<perfmon_ws::Hub>>,
+    /// The history file this monitor writes (feature `history`).
+    #[cfg(feature = "history")]
+    history: Option<crate::history::History>,
+    /// The alert rules' states, and the evaluator's thread (feature `alerts`).
+    #[cfg(feature = "alerts")]
+    alerts: Option<(Arc<crate::alerts::Board>, std::sync::OnceLock<Arc<Control>>)>,
 }
 
 impl Drop for Shared {
@@ -96,8 +104,18 @@ impl Monitor {
     pub(crate) fn from_recorder(
         recorder: Arc<Recorder>,
         #[cfg(feature = "process")] sampler: Option<Sampler>,
+        #[cfg(feature = "history")] history: Option<crate::history::History>,
+        #[cfg(feature = "alerts")] alerts: Option<(
+            crate::alerts::Evaluator,
+            Arc<crate::alerts::Board>,
+        )>,
     ) -> Self {
-        Monitor {
+        #[cfg(feature = "alerts")]
+        let (evaluator, board) = match alerts {
+            Some((e, b)) => (Some(e), Some(b)),
+            None => (None, None),
+        };
+        let monitor = Monitor {
             shared: Arc::new(Shared {
                 recorder,
                 exporters: Mutex::new(Vec::new()),
@@ -105,8 +123,108 @@ impl Monitor {
                 sampler: Mutex::new(sampler),
                 #[cfg(feature = "ws")]
                 ws_hub: std::sync::OnceLock::new(),
+                #[cfg(feature = "history")]
+                history,
+                #[cfg(feature = "alerts")]
+                alerts: board.map(|b| (b, std::sync::OnceLock::new())),
             }),
+        };
+        #[cfg(feature = "history")]
+        monitor.start_history_writer();
+        #[cfg(feature = "alerts")]
+        if let Some(evaluator) = evaluator {
+            monitor.start_alert_evaluator(evaluator);
         }
+        monitor
+    }
+
+    /// Starts the alert evaluator on an exporter thread of its own; one
+    /// that cannot start is counted in `Overview::thread_failures`.
+    #[cfg(feature = "alerts")]
+    fn start_alert_evaluator(&self, evaluator: crate::alerts::Evaluator) {
+        match self.add_boxed_exporter(Box::new(evaluator), "perfmon::alerts".into()) {
+            Ok(handle) => {
+                if let Some((_, control)) = &self.shared.alerts {
+                    let _ = control.set(handle.control());
+                }
+            }
+            Err(_) => self.recorder().bus.count_thread_failure(),
+        }
+    }
+
+    /// Every alert rule's state ([`MonitorBuilder::alert`](crate::MonitorBuilder::alert)),
+    /// judged now on everything recorded before the call (feature `alerts`).
+    /// Empty without rules.
+    #[cfg(feature = "alerts")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
+    pub fn alerts(&self) -> Vec<crate::Alert> {
+        let Some((board, control)) = &self.shared.alerts else {
+            return Vec::new();
+        };
+        if let Some(control) = control.get() {
+            // A stopped or slow evaluator leaves its last judgement.
+            let _ = exporter::flush(control, FLUSH_TIMEOUT);
+        }
+        board.alerts()
+    }
+
+    /// What each alert webhook delivered and failed to (feature `alerts`).
+    #[cfg(feature = "alerts")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
+    pub fn alert_webhooks(&self) -> Vec<crate::WebhookStats> {
+        self.shared
+            .alerts
+            .as_ref()
+            .map(|(board, _)| board.webhooks())
+            .unwrap_or_default()
+    }
+
+    /// Starts the history writer on an exporter thread of its own.
+    #[cfg(feature = "history")]
+    fn start_history_writer(&self) {
+        let Some(history) = &self.shared.history else {
+            return;
+        };
+        let Some(writer) = history.take_writer(self.recorder()) else {
+            history.count_failure("another monitor already writes this History");
+            return;
+        };
+        // Pipeline-level events only: runs publish nothing for the writer.
+        let subscription = Subscription::reports_only(&self.recorder().bus);
+        if self
+            .add_exporter_with(writer, subscription, "perfmon::History".into())
+            .is_err()
+        {
+            history.count_failure("its thread could not be spawned");
+        }
+    }
+
+    /// The history this monitor writes and reads (feature `history`, with
+    /// [`MonitorBuilder::history`](crate::MonitorBuilder::history)).
+    #[cfg(feature = "history")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "history")))]
+    pub fn history(&self) -> Option<&crate::history::History> {
+        self.shared.history.as_ref()
+    }
+
+    /// Waits until every exporter (the history writer among them) has
+    /// handled every event published before this call and flushed, for at
+    /// most 5 s each: after it returns `Ok`, the history file holds every
+    /// pipeline finished before the call.
+    ///
+    /// # Errors
+    ///
+    /// The first exporter that did not get there: [`ExporterError::Timeout`](crate::ExporterError)
+    /// (it is blocked or slower than the stream). A stopped exporter is skipped.
+    pub fn flush(&self) -> Result<(), crate::ExporterError> {
+        let controls: Vec<Arc<Control>> = lock(&self.shared.exporters).clone();
+        for control in controls {
+            match exporter::flush(&control, FLUSH_TIMEOUT) {
+                Ok(()) | Err(crate::ExporterError::Stopped) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn recorder(&self) -> &Arc<Recorder> {
@@ -248,17 +366,35 @@ impl Monitor {
             .collect()
     }
 
-    /// Up to `n` finished pipelines, newest first.
+    /// Up to `n` finished pipelines, newest first. With a history
+    /// (feature `history`), pipelines that are no longer in memory (from
+    /// before a restart, or older than `recent_capacity`) follow from the file.
     pub fn recent_pipelines(&self, n: usize) -> Vec<PipelineReport> {
-        self.recorder()
+        #[allow(unused_mut)]
+        let mut list: Vec<PipelineReport> = self
+            .recorder()
             .recent(n)
             .iter()
             .map(|r| PipelineReport::clone(r))
-            .collect()
+            .collect();
+        #[cfg(feature = "history")]
+        if let Some(history) = self.history()
+            && list.len() < n
+        {
+            let in_memory: Vec<u64> = self
+                .recorder()
+                .recent(usize::MAX)
+                .iter()
+                .map(|r| r.run)
+                .collect();
+            list.extend(history.recent_except(n - list.len(), &in_memory));
+        }
+        list
     }
 
     /// The pipeline with this id: the newest active one (its report so far,
-    /// `finished == false`), else the newest finished one still kept.
+    /// `finished == false`), else the newest finished one still kept (in
+    /// memory, then in the history file if there is one).
     pub fn pipeline(&self, id: &str) -> Option<PipelineReport> {
         let recorder = self.recorder();
         let active = recorder
@@ -269,9 +405,16 @@ impl Monitor {
         if let Some(state) = active {
             return Some(PipelineReport::clone(&recorder.report_so_far(&state)));
         }
-        recorder
+        let found = recorder
             .find_recent(|r| r.id == id)
-            .map(|r| PipelineReport::clone(&r))
+            .map(|r| PipelineReport::clone(&r));
+        #[cfg(feature = "history")]
+        if found.is_none()
+            && let Some(history) = self.history()
+        {
+            return history.stored_pipeline(id);
+        }
+        found
     }
 
     /// The pipeline with this run number (see [`PipelineReport::run`]).
@@ -402,14 +545,26 @@ impl Monitor {
     ///
     /// [`Error::Thread`](crate::Error::Thread): the exporter thread could not be spawned.
     pub fn add_exporter<E: Exporter>(&self, exporter: E) -> Result<ExporterHandle, crate::Error> {
+        self.add_boxed_exporter(Box::new(exporter), std::any::type_name::<E>().to_owned())
+    }
+
+    fn add_boxed_exporter(
+        &self,
+        exporter: Box<dyn Exporter>,
+        name: String,
+    ) -> Result<ExporterHandle, crate::Error> {
+        self.add_exporter_with(exporter, self.subscribe(), name)
+    }
+
+    fn add_exporter_with(
+        &self,
+        exporter: Box<dyn Exporter>,
+        subscription: Subscription,
+        name: String,
+    ) -> Result<ExporterHandle, crate::Error> {
         let bus = &self.recorder().bus;
-        let handle = exporter::spawn(
-            bus,
-            self.subscribe(),
-            Box::new(exporter),
-            std::any::type_name::<E>().to_owned(),
-        )
-        .map_err(crate::Error::Thread)?;
+        let handle =
+            exporter::spawn(bus, subscription, exporter, name).map_err(crate::Error::Thread)?;
         let mut exporters = lock(&self.shared.exporters);
         exporters.retain(|c| !c.has_exited());
         exporters.push(handle.control());

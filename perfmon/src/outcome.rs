@@ -7,8 +7,8 @@
 
 use std::fmt;
 
-use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// How an agent run or a pipeline ended.
 ///
@@ -115,6 +115,19 @@ impl Serialize for Outcome {
             map.serialize_entry("error", error)?;
         }
         map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    /// Reads what [`Serialize`] writes: `outcome`, and `error` when failed.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            outcome: String,
+            error: Option<String>,
+        }
+        let fields = Fields::deserialize(deserializer)?;
+        Outcome::parse(&fields.outcome, fields.error.as_deref()).map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,18 +1,20 @@
 //! What perfmon records: agent runs, their outcomes, pipeline reports and
 //! bottlenecks. These are plain data, cheap to clone and serializable; the
-//! JSON shape is part of the wire protocol (see `API.md`).
+//! JSON shape is part of the wire protocol (see `API.md`). Reading the JSON
+//! back gives the same value, so writing it again gives the same bytes
+//! (the history store and the command line rely on it).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::outcome::Outcome;
 use crate::usage::Usage;
 
 /// What kind of run: an agent, or a tool an agent called.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RunKind {
@@ -34,7 +36,7 @@ impl RunKind {
 }
 
 /// One line of a run's output (`perfmon::output!`), as kept in its report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct OutputLine {
     /// The stream it was written to (`stdout`, `stderr`, ...; `"out"` if not given).
@@ -47,7 +49,7 @@ pub struct OutputLine {
 }
 
 /// One finished run of one agent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct AgentRun {
     /// The agent's name (`perfmon.agent`), or the tool's (`perfmon.tool`).
@@ -57,26 +59,46 @@ pub struct AgentRun {
     /// The id of the pipeline the run belonged to; empty for a run outside any pipeline.
     pub pipeline: String,
     /// When the run's span was opened.
-    #[serde(rename = "started_at_ms", serialize_with = "ser::unix_ms")]
+    #[serde(
+        rename = "started_at_ms",
+        serialize_with = "ser::unix_ms",
+        deserialize_with = "ser::de_unix_ms"
+    )]
     pub started_at: SystemTime,
     /// Wall time from span open to span close.
-    #[serde(rename = "duration_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "duration_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub duration: Duration,
     /// Wall time minus the time covered by the runs nested in it (their
     /// union: parallel children count once, by the time they covered). Only
     /// nested runs that finished before this one count. Equal to `duration`
     /// for a run with no nested runs.
-    #[serde(rename = "self_time_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "self_time_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub self_time: Duration,
     /// Time spent being polled (sum of enter → exit), for futures and spans
     /// entered more than once; `None` for synchronous guards.
-    #[serde(rename = "busy_ms", serialize_with = "ser::opt_ms")]
+    #[serde(
+        rename = "busy_ms",
+        serialize_with = "ser::opt_ms",
+        deserialize_with = "ser::de_opt_ms"
+    )]
     pub busy: Option<Duration>,
     /// How the run ended.
     #[serde(flatten)]
     pub outcome: Outcome,
     /// When the run started, measured from the start of its pipeline.
-    #[serde(rename = "offset_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "offset_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub offset: Duration,
     /// Index (in [`PipelineReport::agents`]) of the agent run this one was
     /// nested in, if any: for a tool run, the run that called it.
@@ -94,21 +116,29 @@ pub struct AgentRun {
 }
 
 /// An agent that took more than the bottleneck threshold of its pipeline's time.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Bottleneck {
     /// The agent's name.
     pub agent: String,
     /// The agent's summed wall time in the pipeline (or, fleet-wide, in the
     /// recent pipelines), its nested runs included.
-    #[serde(rename = "duration_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "duration_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub duration: Duration,
     /// `duration` / the pipeline's wall time: the inclusive share. Runs that
     /// overlap (parallel runs of one agent, or an agent that encloses
     /// others) can make this exceed 1.
     pub share: f64,
     /// The agent's summed self time ([`AgentRun::self_time`]).
-    #[serde(rename = "self_time_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "self_time_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub self_time: Duration,
     /// `self_time` / the pipeline's wall time.
     pub self_share: f64,
@@ -129,7 +159,7 @@ impl Bottleneck {
 
 /// Which time makes an agent a bottleneck; set with
 /// [`MonitorBuilder::bottleneck_basis`](crate::MonitorBuilder::bottleneck_basis).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BottleneckBasis {
@@ -142,7 +172,7 @@ pub enum BottleneckBasis {
 }
 
 /// Totals for runs of one agent that did not fit in [`PipelineReport::agents`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct AggregatedRuns {
     /// The agent's name.
@@ -152,15 +182,23 @@ pub struct AggregatedRuns {
     /// How many of those failed.
     pub failures: u64,
     /// Their summed wall time.
-    #[serde(rename = "total_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "total_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub total: Duration,
     /// Their summed self time.
-    #[serde(rename = "self_time_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "self_time_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub self_time: Duration,
 }
 
 /// The record of one pipeline: its agent runs, bottlenecks and critical path.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PipelineReport {
     /// The id given to `start_pipeline` (`perfmon.pipeline`).
@@ -168,10 +206,18 @@ pub struct PipelineReport {
     /// A number unique within the monitor, telling apart pipelines that share an id.
     pub run: u64,
     /// When the pipeline's span was opened.
-    #[serde(rename = "started_at_ms", serialize_with = "ser::unix_ms")]
+    #[serde(
+        rename = "started_at_ms",
+        serialize_with = "ser::unix_ms",
+        deserialize_with = "ser::de_unix_ms"
+    )]
     pub started_at: SystemTime,
     /// Wall time from start to finish (so far, for an active pipeline).
-    #[serde(rename = "duration_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "duration_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub duration: Duration,
     /// How the pipeline ended ([`Outcome::Succeeded`] while it is still active).
     #[serde(flatten)]
@@ -375,10 +421,18 @@ pub struct PipelineSnapshot {
     /// The monitor-unique run number (see [`PipelineReport::run`]).
     pub run: u64,
     /// When it started.
-    #[serde(rename = "started_at_ms", serialize_with = "ser::unix_ms")]
+    #[serde(
+        rename = "started_at_ms",
+        serialize_with = "ser::unix_ms",
+        deserialize_with = "ser::de_unix_ms"
+    )]
     pub started_at: SystemTime,
     /// How long it has been running.
-    #[serde(rename = "elapsed_ms", serialize_with = "ser::ms")]
+    #[serde(
+        rename = "elapsed_ms",
+        serialize_with = "ser::ms",
+        deserialize_with = "ser::de_ms"
+    )]
     pub elapsed: Duration,
     /// The agents running in it now (one entry per open run).
     pub running_agents: Vec<String>,
@@ -402,14 +456,20 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
-/// Serde helpers: durations as `f64` milliseconds, times as unix milliseconds.
+/// Serde helpers: durations as `f64` milliseconds, times as unix
+/// milliseconds, and their exact inverses: reading back a figure these
+/// wrote gives a value that writes the same figure again.
 pub(crate) mod ser {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub(crate) fn ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64() * 1e3)
+        s.serialize_f64(millis(*d))
+    }
+
+    fn millis(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e3
     }
 
     pub(crate) fn opt_ms<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -427,6 +487,153 @@ pub(crate) mod ser {
         match t.duration_since(UNIX_EPOCH) {
             Ok(d) => d.as_secs_f64() * 1e3,
             Err(before) => -before.duration().as_secs_f64() * 1e3,
+        }
+    }
+
+    /// The duration whose [`millis`] is `x`: a float cannot hold every
+    /// nanosecond, so several durations may write `x`; any of them is
+    /// exact for the wire. `millis` never decreases as nanoseconds grow,
+    /// so a binary search around the estimate finds one.
+    pub(crate) fn duration_of_millis(x: f64) -> Option<Duration> {
+        if !x.is_finite() || x < 0.0 {
+            return None;
+        }
+        let estimate = (x * 1e6).round();
+        if estimate >= u64::MAX as f64 {
+            return None;
+        }
+        let estimate = estimate as u64;
+        // The estimate is off by the float's rounding: at most a few
+        // hundred nanoseconds for times a century from 1970.
+        let slack = 4_096;
+        let (mut lo, mut hi) = (
+            estimate.saturating_sub(slack),
+            estimate.saturating_add(slack),
+        );
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if millis(Duration::from_nanos(mid)) < x {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let found = Duration::from_nanos(lo);
+        (millis(found) == x).then_some(found)
+    }
+
+    fn exact<'de, D: Deserializer<'de>>(x: f64) -> Result<Duration, D::Error> {
+        duration_of_millis(x).ok_or_else(|| {
+            serde::de::Error::custom(format_args!(
+                "{x} is not a duration in milliseconds that perfmon wrote"
+            ))
+        })
+    }
+
+    pub(crate) fn de_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        exact::<D>(f64::deserialize(d)?)
+    }
+
+    pub(crate) fn de_opt_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<f64>::deserialize(d)? {
+            Some(x) => exact::<D>(x).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn de_unix_ms<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let x = f64::deserialize(d)?;
+        if x >= 0.0 {
+            Ok(UNIX_EPOCH + exact::<D>(x)?)
+        } else {
+            Ok(UNIX_EPOCH - exact::<D>(-x)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn run(agent: &str, nanos: u64, started: SystemTime, outcome: Outcome) -> AgentRun {
+        AgentRun {
+            agent: agent.into(),
+            kind: RunKind::Tool,
+            pipeline: "p".into(),
+            started_at: started,
+            duration: Duration::from_nanos(nanos),
+            self_time: Duration::from_nanos(nanos / 3),
+            busy: nanos
+                .is_multiple_of(2)
+                .then(|| Duration::from_nanos(nanos / 7)),
+            outcome,
+            offset: Duration::from_nanos(nanos / 5),
+            parent: nanos.is_multiple_of(3).then_some(0),
+            usage: Usage::new(nanos % 1000, 7, 0.000_123),
+            model: Some("m".into()),
+            output: vec![OutputLine {
+                stream: "stderr".into(),
+                line: "error[E0382]".into(),
+                cut: true,
+            }],
+            output_dropped: 3,
+        }
+    }
+
+    proptest! {
+        /// Reading back a report's JSON and writing it again gives the same
+        /// bytes, for any durations and times perfmon can write.
+        #[test]
+        fn a_report_written_read_and_written_again_is_byte_equal(
+            nanos in 0u64..1_000_000_000_000_000,
+            since_epoch in 0u64..4_000_000_000_000_000_000,
+            error in ".{0,20}",
+        ) {
+            let started = UNIX_EPOCH + Duration::from_nanos(since_epoch);
+            let report = PipelineReport {
+                id: "proj_7".into(),
+                run: 42,
+                started_at: started,
+                duration: Duration::from_nanos(nanos),
+                outcome: Outcome::Failed { error: error.clone() },
+                finished: true,
+                agents: vec![
+                    run("physics", nanos, started, Outcome::Succeeded),
+                    run("compile", nanos / 11 + 1, started, Outcome::Failed { error }),
+                    run("slow", nanos / 13, started, Outcome::Cancelled),
+                ],
+                bottlenecks: vec![Bottleneck {
+                    agent: "physics".into(),
+                    duration: Duration::from_nanos(nanos),
+                    share: 0.7,
+                    self_time: Duration::from_nanos(nanos / 3),
+                    self_share: 1.0 / 3.0,
+                    basis: BottleneckBasis::Wall,
+                }],
+                critical_path: vec!["physics".into()],
+                critical_runs: vec![0],
+                aggregated: vec![AggregatedRuns {
+                    agent: "slow".into(),
+                    runs: 9,
+                    failures: 2,
+                    total: Duration::from_nanos(nanos / 2),
+                    self_time: Duration::from_nanos(nanos / 4),
+                }],
+                unfinished: vec!["late".into()],
+                usage: Usage::new(1, 2, 0.5),
+            };
+            let json = serde_json::to_string(&report).unwrap();
+            let back: PipelineReport = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        }
+
+        #[test]
+        fn a_figure_perfmon_did_not_write_is_an_error_not_a_guess(x in -1e6f64..-1e-9) {
+            prop_assert!(ser::duration_of_millis(x).is_none());
         }
     }
 }

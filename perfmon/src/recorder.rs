@@ -132,6 +132,19 @@ impl Recorder {
         }
     }
 
+    /// Queues a pipeline-level event (a finished report, an alert) if
+    /// anyone listens, reports-only subscribers included; never waits.
+    pub(crate) fn publish_report(
+        &self,
+        pipeline: Option<Arc<str>>,
+        at: quanta::Instant,
+        kind: impl FnOnce() -> EventKind,
+    ) {
+        if self.bus.wants_reports() {
+            self.bus.publish(pipeline, self.system_time(at), kind());
+        }
+    }
+
     pub(crate) fn pipeline_started(&self, id: Arc<str>, at: quanta::Instant) -> Arc<PipelineState> {
         let run = self.next_run.fetch_add(1, Ordering::Relaxed) + 1;
         let state = Arc::new(PipelineState::new(
@@ -190,7 +203,7 @@ impl Recorder {
             recent.push_front(Arc::clone(&report));
         }
         let id = Arc::clone(&state.id);
-        self.publish(Some(id), end, || EventKind::PipelineCompleted(report));
+        self.publish_report(Some(id), end, || EventKind::PipelineCompleted(report));
     }
 
     /// Pipelines running now, oldest first.

@@ -4,7 +4,7 @@
 //! Bottom of the crate's dependency order, beside `outcome`: it imports
 //! nothing from the crate.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Tokens and cost, of one run or summed over many.
 ///
@@ -12,7 +12,7 @@ use serde::Serialize;
 /// whole nano-dollars (1e-9 USD; each `usage!` call's `cost_usd` is rounded
 /// to that once), so a pipeline's usage is exactly the sum of its runs',
 /// whatever the order in which threads add them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Usage {
     /// Input (prompt) tokens.

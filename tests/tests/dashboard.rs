@@ -736,3 +736,210 @@ async fn tools_their_output_and_cost_show_on_the_page() {
     drop(driver);
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+/// Runs `n` pipelines named `{prefix}_{i}` on `clock`: planner 2 ms,
+/// physics `physics` (a bottleneck), and a codegen that fails in every third.
+fn quick_pipelines(
+    monitor: &Monitor,
+    clock: &perfmon::MockClock,
+    prefix: &str,
+    n: usize,
+    physics: Duration,
+) {
+    tracing::dispatcher::with_default(&dispatch(monitor), || {
+        for i in 0..n {
+            let pipeline = monitor.start_pipeline(format!("{prefix}_{i}"));
+            {
+                let _a = perfmon::agent("planner");
+                clock.advance(Duration::from_millis(2));
+            }
+            {
+                let _a = perfmon::agent("physics");
+                clock.advance(physics);
+            }
+            if i % 3 == 0 {
+                perfmon::agent("codegen").fail("E0382");
+                pipeline.fail("codegen failed");
+            } else {
+                perfmon::agent("codegen").succeed();
+                pipeline.finish();
+            }
+        }
+    });
+}
+
+/// After a restart, the History view shows the first session's pipelines
+/// in its search, an agent's trend, and a comparison that highlights a
+/// regression; a firing alert shows as a banner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_view_and_alert_banner_show_what_happened_before_and_now() {
+    let Some((driver_path, chromium)) = browser_tools() else {
+        return;
+    };
+    let _one = ONE_BROWSER_AT_A_TIME.lock().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let db = dir.path().join("perfmon.db");
+    {
+        let clock = perfmon::MockClock::new();
+        let history = perfmon::History::open(&db).unwrap();
+        let monitor = Monitor::builder()
+            .mock_clock(&clock)
+            .metrics(false)
+            .history(history)
+            .build();
+        quick_pipelines(&monitor, &clock, "before", 12, Duration::from_millis(2));
+    }
+    // The second session runs two minutes later (on its mock clock), so
+    // the comparison's minute buckets tell the sessions apart.
+    let clock = perfmon::MockClock::new();
+    let monitor = Monitor::builder()
+        .mock_clock(&clock)
+        .metrics(false)
+        .history(perfmon::History::open(&db).unwrap())
+        .alert(
+            perfmon::AlertRule::agent_p99_above("physics", Duration::from_millis(10))
+                .named("physics slow")
+                .min_runs(3),
+        )
+        .build();
+    clock.advance(Duration::from_secs(120));
+    quick_pipelines(&monitor, &clock, "after", 12, Duration::from_millis(25));
+    monitor.flush().unwrap();
+
+    let profile =
+        std::env::temp_dir().join(format!("perfmon-chromium-history-{}", std::process::id()));
+    let driver = start_driver(&driver_path);
+    let client = browser(&driver, &chromium, &profile).await;
+    let sidecar = serve_on(&monitor, "127.0.0.1:0".parse().unwrap(), None).await;
+    client.goto(&sidecar.url()).await.unwrap();
+    until_live(&client, "the live indicator").await;
+
+    let banner = until(
+        &client,
+        "the alert banner",
+        r##"!document.querySelector("#alerts").hidden && document.querySelector('#alerts [data-rule="physics slow"]')?.textContent"##,
+    )
+    .await;
+    assert!(
+        banner.as_str().unwrap().starts_with("ALERT physics slow: "),
+        "{banner}"
+    );
+
+    // The search lists both sessions, newest first; the first session's
+    // pipelines are there after the restart.
+    let found = until(
+        &client,
+        "24 pipelines in the history search, over two pages",
+        r##"document.querySelectorAll("#found tbody tr").length === 20 && !document.querySelector("#found-more").hidden
+           && [...document.querySelectorAll("#found tbody tr")].map((r) => r.dataset.id)"##,
+    )
+    .await;
+    assert_eq!(found[0], json!("after_11"));
+    client
+        .find(Locator::Css("#found-more"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &client,
+        "the second page, with the first session's oldest",
+        r##"document.querySelectorAll("#found tbody tr").length === 24
+           && document.querySelector('#found tbody tr[data-id="before_0"]')?.dataset.session === "1""##,
+    )
+    .await;
+    // Only failed ones.
+    js(&client, r##"(() => { document.querySelector("#search-outcome").value = "failed"; document.querySelector("#search button").click(); return true; })()"##).await;
+    let failed = until(
+        &client,
+        "only failed pipelines",
+        r##"document.querySelectorAll("#found tbody tr").length === 8
+           && [...document.querySelectorAll("#found tbody td:nth-child(2)")].map((td) => td.textContent)"##,
+    )
+    .await;
+    assert!(
+        failed.as_array().unwrap().iter().all(|o| o == "failed"),
+        "{failed}"
+    );
+
+    // Physics' trend and the one-click comparison: since the restart it is
+    // ~10x slower, so p50 and p99 are highlighted as regressions.
+    js(&client, r##"(() => { const s = document.querySelector("#trend-agent"); s.value = "physics"; s.dispatchEvent(new Event("change")); return true; })()"##).await;
+    until(
+        &client,
+        "physics' trend",
+        r##"document.querySelector("#trend").dataset.agent === "physics" && Number(document.querySelector("#trend").dataset.points) >= 1"##,
+    )
+    .await;
+    client
+        .find(Locator::Css("#cmp-restart"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let cmp = until(
+        &client,
+        "the comparison, physics regressed",
+        r##"document.querySelector("#compare").dataset.regression === "true"
+           && document.querySelector('#compare tr[data-row="p50"] td:last-child').className === "regressed"
+           && [...document.querySelectorAll('#compare tr[data-row="runs"] td')].map((td) => td.textContent)"##,
+    )
+    .await;
+    assert_eq!(cmp, json!(["runs", "12", "12", ""]));
+    let since = js(
+        &client,
+        r##"document.querySelector('#since tr[data-agent="physics"] td:nth-child(3)').textContent"##,
+    )
+    .await;
+    assert_eq!(
+        since,
+        json!("24"),
+        "runs since the first stored one, across the restart"
+    );
+
+    // A stored pipeline from before the restart opens in the timeline.
+    js(&client, r##"(() => { document.querySelector("#search-outcome").value = ""; document.querySelector("#search button").click(); return true; })()"##).await;
+    until(
+        &client,
+        "all pipelines again",
+        r##"document.querySelectorAll("#found tbody tr").length === 20"##,
+    )
+    .await;
+    client
+        .find(Locator::Css("#found-more"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &client,
+        "the second page",
+        r##"document.querySelector('#found tbody tr[data-id="before_1"]')"##,
+    )
+    .await;
+    js(&client, r##"(() => { document.querySelector('#found tbody tr[data-id="before_1"]').click(); return true; })()"##).await;
+    until(
+        &client,
+        "before_1 in the timeline",
+        r##"document.querySelector("#timeline-head .id")?.textContent === "before_1"
+           && document.querySelector('#gantt g.run[data-agent="physics"]')"##,
+    )
+    .await;
+    js(
+        &client,
+        r##"(() => { document.querySelector("#history").scrollIntoView(); return true; })()"##,
+    )
+    .await;
+    std::fs::write(
+        artifacts().join("dashboard-history.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    sidecar.shutdown();
+    client.close().await.unwrap();
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&profile);
+}

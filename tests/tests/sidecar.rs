@@ -552,3 +552,140 @@ fn the_sidecar_serves_from_its_own_thread_unless_told_to_share_the_runtime() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_alert_endpoints_answer_from_the_file_and_the_rules() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("perfmon.db");
+    // One pipeline before a restart...
+    {
+        let clock = MockClock::new();
+        let history = perfmon::History::open(&path).unwrap();
+        let monitor = Monitor::builder()
+            .mock_clock(&clock)
+            .metrics(false)
+            .history(history)
+            .build();
+        run_pipeline(&monitor, &clock, "proj_1");
+    }
+    // ...and one after.
+    let clock = MockClock::new();
+    let monitor = Monitor::builder()
+        .mock_clock(&clock)
+        .metrics(false)
+        .history(perfmon::History::open(&path).unwrap())
+        .alert(
+            perfmon::AlertRule::failure_rate_above("codegen", 0.5)
+                .named("codegen")
+                .min_runs(1),
+        )
+        .build();
+    run_pipeline(&monitor, &clock, "proj_2");
+    monitor.flush().unwrap();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&monitor)
+        .unwrap();
+
+    let page = get_json(
+        &sidecar,
+        "/api/performance/history/pipelines?agent=physics&limit=1",
+    )
+    .await;
+    assert_eq!(page["pipelines"][0]["report"]["id"], "proj_2");
+    let next = page["next"].as_str().expect("a second page");
+    let older = get_json(
+        &sidecar,
+        &format!("/api/performance/history/pipelines?agent=physics&cursor={next}"),
+    )
+    .await;
+    assert_eq!(
+        older["pipelines"][0]["report"]["id"], "proj_1",
+        "from before the restart"
+    );
+    assert_eq!(older["pipelines"][0]["session"], 1);
+    assert_eq!(older["next"], Value::Null);
+    let failed = get_json(
+        &sidecar,
+        "/api/performance/history/pipelines?outcome=failed",
+    )
+    .await;
+    assert_eq!(failed["pipelines"], Value::Array(vec![]));
+    // The recent list and the pipeline endpoint reach back into the file.
+    let recent = get_json(&sidecar, "/api/performance/pipelines/recent?limit=5").await;
+    let ids: Vec<&str> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["proj_2", "proj_1"]);
+    assert_eq!(
+        get_json(&sidecar, "/api/performance/pipeline/proj_1").await["id"],
+        "proj_1"
+    );
+
+    let trend = get_json(
+        &sidecar,
+        "/api/performance/history/agents/physics?bucket=minute",
+    )
+    .await;
+    let runs: u64 = trend
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["runs"].as_u64().unwrap())
+        .sum();
+    assert_eq!(runs, 2);
+    // Percentiles come from the histograms: within their 1% precision.
+    let p50 = trend[0]["p50_ms"].as_f64().unwrap();
+    assert!((p50 - 50.0).abs() <= 0.5, "{trend}");
+    let kind = get_json(&sidecar, "/api/performance/history/kinds/proj?bucket=day").await;
+    assert_eq!(kind[0]["runs"], 2);
+    let agents = get_json(&sidecar, "/api/performance/history/agents").await;
+    assert_eq!(agents.as_array().unwrap().len(), 2);
+    let cmp = get_json(&sidecar, "/api/performance/history/compare?agent=physics").await;
+    assert_eq!(cmp["subject"], "agent");
+    assert!(cmp["after"]["runs"].as_u64().is_some(), "{cmp}");
+    let status = get_json(&sidecar, "/api/performance/history/status").await;
+    assert_eq!(status["session"], 2);
+    assert_eq!(status["stats"]["pipelines_written"], 1);
+
+    let (code, body) = get(
+        &sidecar,
+        "/api/performance/history/pipelines?from=yesterday",
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(body.contains("RFC 3339"), "{body}");
+    let rfc = get_json(
+        &sidecar,
+        "/api/performance/history/pipelines?from=2000-01-01T00:00:00Z",
+    )
+    .await;
+    assert_eq!(rfc["pipelines"].as_array().unwrap().len(), 2);
+    let (code, body) = get(&sidecar, "/api/performance/history/compare").await;
+    assert_eq!(code, 400, "{body}");
+
+    let alerts = get_json(&sidecar, "/api/performance/alerts").await;
+    assert_eq!(alerts["alerts"][0]["rule"], "codegen");
+    assert_eq!(alerts["alerts"][0]["state"], "firing");
+    assert_eq!(alerts["webhooks"], Value::Array(vec![]));
+    monitor.flush().unwrap();
+    let stored = get_json(&sidecar, "/api/performance/history/alerts").await;
+    assert_eq!(stored[0]["rule"], "codegen");
+    assert_eq!(stored[0]["state"], "firing");
+    assert_eq!(stored[0]["session"], 2);
+    sidecar.shutdown();
+
+    // Without a history the endpoints say how to turn it on.
+    let plain = Monitor::builder().metrics(false).build();
+    let sidecar = Sidecar::builder()
+        .bind("127.0.0.1:0")
+        .serve(&plain)
+        .unwrap();
+    let (code, body) = get(&sidecar, "/api/performance/history/pipelines").await;
+    assert_eq!(code, 404);
+    assert!(body.contains(".history("), "{body}");
+    sidecar.shutdown();
+}

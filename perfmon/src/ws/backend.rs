@@ -52,11 +52,20 @@ impl Backend for MonitorBackend {
 
     fn get(&self, path: &str, query: &str, server: &ServerInfo<'_>) -> Option<Reply> {
         let m = &self.monitor;
+        #[cfg(feature = "history")]
+        if let Some(reply) = super::history_routes::get(m, path.trim_end_matches('/'), query) {
+            return Some(reply);
+        }
         let reply = match path.trim_end_matches('/') {
             "/api/performance/overview" => Reply::json(&m.overview()),
             "/api/performance/pipelines/active" => Reply::json(&m.active_pipelines()),
             "/api/performance/pipelines/recent" => Reply::json(&m.recent_pipelines(limit(query))),
             "/api/performance/agents" => Reply::json(&m.agents()),
+            #[cfg(feature = "alerts")]
+            "/api/performance/alerts" => Reply::json(&serde_json::json!({
+                "alerts": m.alerts(),
+                "webhooks": m.alert_webhooks(),
+            })),
             "/api/performance/agents/slowest" => Reply::json(&m.slowest_agents(limit(query))),
             "/metrics" => Reply::text(
                 exposition::CONTENT_TYPE,

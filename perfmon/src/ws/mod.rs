@@ -34,6 +34,8 @@
 mod backend;
 mod bridge;
 mod exposition;
+#[cfg(feature = "history")]
+mod history_routes;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
