@@ -318,37 +318,79 @@ fn unusable_files_are_clear_errors_at_open() {
         "{err:?}"
     );
 
-    // Locked by another connection holding an exclusive transaction, as
-    // another process would.
+    // Locked by another process: a child (this test program again) holds
+    // an exclusive lock until its stdin closes.
     let locked = dir.path().join("locked.db");
     drop(History::open(&locked).unwrap());
-    let other = rusqlite::Connection::open(&locked).unwrap();
-    other
-        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+    let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lock_holder_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("PERFMON_LOCK_HOLD", &locked)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("LOCKED") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "the child ended"
+        );
+    }
     let err = History::open(&locked).unwrap_err();
     assert!(matches!(err, HistoryError::Locked { .. }), "{err:?}");
     assert!(
         err.to_string().contains("locked by another process"),
         "{err}"
     );
-    other.execute_batch("COMMIT").unwrap();
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    // Once the other process is gone, the file opens.
+    History::open(&locked).unwrap();
+}
+
+/// Holds an exclusive lock on `PERFMON_LOCK_HOLD` until stdin closes.
+#[test]
+#[ignore = "run by unusable_files_are_clear_errors_at_open, in a child process"]
+fn lock_holder_child() {
+    let Some(path) = std::env::var_os("PERFMON_LOCK_HOLD") else {
+        return;
+    };
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    println!("LOCKED");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    conn.execute_batch("COMMIT").unwrap();
 }
 
 #[cfg(unix)]
 #[test]
-fn a_read_only_directory_is_a_clear_error() {
+fn a_read_only_place_is_a_clear_error() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new().unwrap();
     let ro = dir.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-    // root ignores directory permissions: then there is nothing to test.
-    if std::fs::write(ro.join("probe"), b"x").is_ok() {
-        eprintln!("skipping: this user can write into a read-only directory (root)");
+    // root ignores directory permissions (as in CI): then a read-only
+    // file system stands in, /proc.
+    let path = if std::fs::write(ro.join("probe"), b"x").is_err() {
+        ro.join("perfmon.db")
+    } else if std::fs::write("/proc/perfmon-history-probe", b"x").is_err() {
+        std::path::PathBuf::from("/proc/perfmon-history.db")
+    } else {
+        eprintln!("skipping: this user can write into a read-only directory and into /proc");
         return;
-    }
-    let err = History::open(ro.join("perfmon.db")).unwrap_err();
+    };
+    let err = History::open(&path).unwrap_err();
     assert!(matches!(err, HistoryError::Open { .. }), "{err:?}");
     assert!(err.to_string().contains("writable"), "{err}");
 }
