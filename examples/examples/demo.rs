@@ -5,7 +5,13 @@
 //! cargo run --example demo -- --pipelines 3 # stop after three pipelines
 //! cargo run --example demo -- --otlp http://127.0.0.1:6006/v1/traces   # and to Phoenix
 //! cargo run --example demo -- --no-history  # keep nothing between runs
+//! cargo run --example demo -- --redis redis://127.0.0.1:6379 --source worker-1   # join a fleet
 //! ```
+//!
+//! Fleet: with `--redis`, every event also goes to a Redis stream, tagged
+//! `--source NAME`; `cargo run --example collector -- --redis URL --bind
+//! 127.0.0.1:9465` serves every worker on one dashboard. The demo's own
+//! sidecar keeps working.
 //!
 //! History: every finished pipeline, per-agent rollups and alert
 //! transitions go to `target/perfmon-demo.db` (`--history PATH`), so a
@@ -64,6 +70,13 @@ struct Args {
     /// POST alerts as JSON to this http:// URL.
     #[arg(long, value_name = "URL")]
     alert_webhook: Option<String>,
+    /// Also publish every event to this Redis (a fleet's stream), e.g.
+    /// redis://127.0.0.1:6379; serve the fleet with the `collector` example.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// This worker's name in the fleet.
+    #[arg(long, value_name = "NAME", default_value = "demo", requires = "redis")]
+    source: String,
 }
 
 /// Opens the history file; the demo runs without one if it cannot.
@@ -313,6 +326,27 @@ async fn main() -> ExitCode {
         },
         None => None,
     };
+    let publisher = match &args.redis {
+        Some(url) => match perfmon::fleet::Publisher::builder(url)
+            .source(&args.source)
+            .start(&monitor)
+        {
+            Ok(publisher) => {
+                println!(
+                    "Fleet:     publishing to {url} as {:?} (stream {}); serve it with \
+                     cargo run --example collector -- --redis {url} --bind 127.0.0.1:9465",
+                    args.source,
+                    perfmon::fleet::DEFAULT_STREAM
+                );
+                Some(publisher)
+            }
+            Err(err) => {
+                eprintln!("--redis {url}: {err}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     println!("perfmon demo: simulated agent pipelines; Ctrl-C to stop");
     println!("Dashboard: {}", sidecar.url());
     println!(
@@ -376,6 +410,21 @@ async fn main() -> ExitCode {
     }
     for alert in monitor.alerts() {
         println!("alert {:<9} {}", alert.state.as_str(), alert.message);
+    }
+    if let Some(publisher) = &publisher {
+        let _ = monitor.flush();
+        let s = publisher.stats();
+        println!(
+            "Fleet: {} entries published, {} events dropped, {} still buffered{}",
+            s.published,
+            s.dropped,
+            s.buffered,
+            s.last_error
+                .as_ref()
+                .filter(|_| !s.connected)
+                .map(|e| format!("; Redis unreachable: {e}"))
+                .unwrap_or_default()
+        );
     }
     if let Some(history) = monitor.history() {
         let _ = monitor.flush();

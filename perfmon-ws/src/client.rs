@@ -22,6 +22,9 @@ pub enum Received {
         session: u64,
         /// The newest seq on the server.
         last_seq: u64,
+        /// The server's epoch, if it has one (a collector): when it
+        /// changes, seqs start again and the client starts over with them.
+        epoch: Option<String>,
     },
     /// One event (batches are unpacked).
     Event {
@@ -224,7 +227,7 @@ async fn run(
     mut commands: mpsc::Receiver<String>,
     state: watch::Sender<ConnectionState>,
 ) {
-    let mut last_seq: Option<u64> = None;
+    let mut last_seq = Cursor::default();
     let mut pending: VecDeque<String> = VecDeque::new();
     let mut failures = 0u32;
     loop {
@@ -283,16 +286,16 @@ async fn session(
     incoming: &mpsc::Sender<Received>,
     commands: &mut mpsc::Receiver<String>,
     state: &watch::Sender<ConnectionState>,
-    last_seq: &mut Option<u64>,
+    last_seq: &mut Cursor,
     pending: &mut VecDeque<String>,
 ) -> Result<Ended, String> {
-    let url = match last_seq {
-        Some(seq) => format!(
-            "{}{}since={seq}",
-            b.url,
-            if b.url.contains('?') { '&' } else { '?' }
-        ),
-        None => b.url.clone(),
+    let sep = if b.url.contains('?') { '&' } else { '?' };
+    let url = match (last_seq.seq, &last_seq.epoch) {
+        (Some(seq), Some(epoch)) => {
+            format!("{}{sep}since={seq}&epoch={}", b.url, query_escape(epoch))
+        }
+        (Some(seq), None) => format!("{}{sep}since={seq}", b.url),
+        (None, _) => b.url.clone(),
     };
     let mut request = url
         .into_client_request()
@@ -361,15 +364,45 @@ async fn session(
     }
 }
 
+/// `value` with everything but URL-unreserved characters percent-encoded.
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Where a resume starts: the last seq seen, in which epoch.
+#[derive(Debug, Default)]
+struct Cursor {
+    seq: Option<u64>,
+    epoch: Option<String>,
+}
+
 /// Server JSON → what the user sees; tracks the last seq for resuming.
-fn decode(value: Value, last_seq: &mut Option<u64>) -> Vec<Received> {
+fn decode(value: Value, last_seq: &mut Cursor) -> Vec<Received> {
     let kind = value["type"].as_str().unwrap_or_default().to_owned();
     let u = |v: &Value, k: &str| v[k].as_u64().unwrap_or_default();
     match kind.as_str() {
-        "welcome" => vec![Received::Welcome {
-            session: u(&value, "session"),
-            last_seq: u(&value, "last_seq"),
-        }],
+        "welcome" => {
+            let epoch = value["epoch"].as_str().map(str::to_owned);
+            if epoch != last_seq.epoch {
+                // Another history: its seqs start again, so what we saw
+                // says nothing about what is new.
+                last_seq.seq = None;
+                last_seq.epoch.clone_from(&epoch);
+            }
+            vec![Received::Welcome {
+                session: u(&value, "session"),
+                last_seq: u(&value, "last_seq"),
+                epoch,
+            }]
+        }
         "batch" => {
             let events = match value {
                 Value::Object(mut map) => map.remove("events"),
@@ -394,10 +427,10 @@ fn decode(value: Value, last_seq: &mut Option<u64>) -> Vec<Received> {
         _ => match value["seq"].as_u64() {
             Some(seq) => {
                 // A replay may repeat what we already have: skip it.
-                if last_seq.is_some_and(|last| seq <= last) {
+                if last_seq.seq.is_some_and(|last| seq <= last) {
                     return Vec::new();
                 }
-                *last_seq = Some(seq);
+                last_seq.seq = Some(seq);
                 vec![Received::Event { seq, kind, value }]
             }
             None => vec![Received::Other(value)],

@@ -58,6 +58,9 @@ pub struct Item {
     pub kind: Arc<str>,
     /// A tag for `subscribe {agents}` filters.
     pub tag: Option<Arc<str>>,
+    /// The process it came from, for `subscribe {sources}` filters (a
+    /// fleet collector sets it; see [`Item::with_source`]).
+    pub source: Option<Arc<str>>,
     /// What to shed first under backpressure.
     pub priority: Priority,
     /// The JSON object, encoded once and shared by every connection
@@ -68,6 +71,13 @@ pub struct Item {
 }
 
 impl Item {
+    /// The same item, tagged with the process it came from.
+    #[must_use]
+    pub fn with_source(mut self, source: Option<Arc<str>>) -> Self {
+        self.source = source;
+        self
+    }
+
     /// The item's JSON text.
     pub fn json(&self) -> &str {
         self.json.as_str()
@@ -88,6 +98,7 @@ pub fn item(
         topic,
         kind,
         tag,
+        source: None,
         priority,
         json: Utf8Bytes::from(json),
         published: Instant::now(),
@@ -107,6 +118,8 @@ pub struct Filter {
     pub kinds: BTreeSet<String>,
     /// `subscribe {agents}`.
     pub tags: BTreeSet<String>,
+    /// `subscribe {sources}`: the processes of a fleet.
+    pub sources: BTreeSet<String>,
 }
 
 impl Filter {
@@ -124,6 +137,7 @@ impl Filter {
         in_list(&self.topics, topic)
             && in_list(&self.kinds, Some(&item.kind))
             && in_list(&self.tags, item.tag.as_deref())
+            && in_list(&self.sources, item.source.as_deref())
     }
 }
 
@@ -421,6 +435,8 @@ pub struct Hub {
     /// The newest seq, for writers waiting for something to send.
     announce: watch::Sender<u64>,
     queues: Mutex<Vec<Arc<Queue>>>,
+    /// The history's identity (see [`Hub::set_epoch`]).
+    epoch: Mutex<Option<Arc<str>>>,
     pub(crate) stats: Arc<Stats>,
 }
 
@@ -467,8 +483,23 @@ impl Hub {
             last_seq: AtomicU64::new(0),
             announce: watch::Sender::new(0),
             queues: Mutex::new(Vec::new()),
+            epoch: Mutex::new(None),
             stats,
         }
+    }
+
+    /// Names the history the seqs count in, as Centrifugo's epoch does: a
+    /// client resuming with another epoch (`?since=N&epoch=E`) is told
+    /// `recovered: false` and given the whole ring, since its seqs mean
+    /// nothing here. Change it when the numbering starts again. The
+    /// `welcome` carries it.
+    pub fn set_epoch(&self, epoch: impl Into<Arc<str>>) {
+        *lock(&self.epoch) = Some(epoch.into());
+    }
+
+    /// The epoch set with [`Hub::set_epoch`], if any.
+    pub fn epoch(&self) -> Option<Arc<str>> {
+        lock(&self.epoch).clone()
     }
 
     /// The highest seq published so far.

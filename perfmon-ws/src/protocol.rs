@@ -92,6 +92,9 @@ pub struct Lists {
     /// Agent names.
     #[serde(default)]
     pub agents: Option<Vec<String>>,
+    /// Sources (the processes of a fleet, on a collector).
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
 }
 
 /// Error codes of the `error` message.
@@ -142,6 +145,9 @@ pub(crate) enum ServerMessage<'a> {
         protocol: &'static str,
         last_seq: u64,
         room: Option<&'a str>,
+        /// The history's epoch, when the server has one (a collector).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     },
     /// The state of a pipeline (a room's first message, or `get_snapshot`).
     Snapshot {
@@ -171,6 +177,7 @@ pub(crate) enum ServerMessage<'a> {
         pipelines: &'a BTreeSet<String>,
         types: &'a BTreeSet<String>,
         agents: &'a BTreeSet<String>,
+        sources: &'a BTreeSet<String>,
     },
     /// The server's counters (`get_metrics`).
     Metrics { data: &'a StatsSnapshot },
@@ -253,7 +260,8 @@ mod tests {
             Command::Subscribe(Lists {
                 pipelines: None,
                 types: Some(vec!["agent_completed".into()]),
-                agents: None
+                agents: None,
+                sources: None,
             })
         );
         assert_eq!(

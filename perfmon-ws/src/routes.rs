@@ -115,6 +115,10 @@ async fn backend_get(State(shared): State<Arc<Shared>>, req: Request) -> Respons
 #[derive(Debug, Deserialize)]
 struct WsQuery {
     since: Option<u64>,
+    /// The epoch the client's `since` counts in (see `Hub::set_epoch`).
+    epoch: Option<String>,
+    /// Only this source's events (a collector's fleet), as `subscribe {sources}`.
+    source: Option<String>,
 }
 
 async fn ws_all(
@@ -184,5 +188,12 @@ fn upgrade(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(c.max_message_size)
         .max_frame_size(c.max_message_size)
-        .on_upgrade(move |socket| connection::serve(socket, shared, room, q.since, compressed))
+        .on_upgrade(move |socket| {
+            let resume = connection::Resume {
+                since: q.since,
+                epoch: q.epoch,
+                source: q.source,
+            };
+            connection::serve(socket, shared, room, resume, compressed)
+        })
 }

@@ -113,6 +113,8 @@
 //! - `process`: `MonitorBuilder::process_sampler`, CPU/RSS/threads of the process.
 //! - `ws`: `ws::Sidecar`, the WebSocket sidecar (from `perfmon-ws`): live
 //!   events, REST snapshots and Prometheus text on one port.
+//! - `fleet`: [`fleet`], many processes on one dashboard through a Redis
+//!   stream: `fleet::Publisher` in each worker, `fleet::Collector` to serve them.
 //!
 //! # MSRV
 //!
@@ -125,6 +127,7 @@
 //   outcome, fields, sync, coverage, unseen, usage → record → output, analysis, stats,
 //   pipeline, metrics, events
 //   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws, otel
+//   → fleet (publisher on the event stream; collector on top of ws)
 mod alert_state;
 #[cfg(feature = "alerts")]
 #[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
@@ -136,6 +139,9 @@ mod coverage;
 mod events;
 mod exporter;
 mod fields;
+#[cfg(feature = "fleet")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+pub mod fleet;
 mod guard;
 #[cfg(feature = "history")]
 pub mod history;

@@ -277,7 +277,7 @@ impl OutcomeCell {
 }
 
 impl AgentEntry {
-    fn new(name: Arc<str>, kind: RunKind, metrics_enabled: bool) -> Self {
+    pub(crate) fn new(name: Arc<str>, kind: RunKind, metrics_enabled: bool) -> Self {
         let metrics = AgentMetrics::new(&name, metrics_enabled);
         AgentEntry {
             cell: Mutex::new(StatsCell {

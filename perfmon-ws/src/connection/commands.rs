@@ -72,6 +72,7 @@ pub(crate) fn handle(shared: &Shared, queue: &Queue, text: &str) -> Handled {
             pipelines,
             types,
             agents,
+            sources,
         }) => {
             // Built outside the queue's lock, then swapped in.
             let mut f = queue.filter();
@@ -84,6 +85,9 @@ pub(crate) fn handle(shared: &Shared, queue: &Queue, text: &str) -> Handled {
             if let Some(a) = agents {
                 f.tags = a.into_iter().collect();
             }
+            if let Some(s) = sources {
+                f.sources = s.into_iter().collect();
+            }
             let reply = subscribed(&f);
             queue.set_filter(f);
             Handled::reply(reply)
@@ -92,6 +96,7 @@ pub(crate) fn handle(shared: &Shared, queue: &Queue, text: &str) -> Handled {
             pipelines,
             types,
             agents,
+            sources,
         }) => {
             // O(n log n) in the names sent, outside the queue's lock.
             let mut f = queue.filter();
@@ -103,6 +108,7 @@ pub(crate) fn handle(shared: &Shared, queue: &Queue, text: &str) -> Handled {
             remove(&mut f.topics, pipelines);
             remove(&mut f.kinds, types);
             remove(&mut f.tags, agents);
+            remove(&mut f.sources, sources);
             let reply = subscribed(&f);
             queue.set_filter(f);
             Handled::reply(reply)
@@ -140,6 +146,7 @@ fn subscribed(filter: &Filter) -> String {
         pipelines: &filter.topics,
         types: &filter.kinds,
         agents: &filter.tags,
+        sources: &filter.sources,
     }
     .encode()
 }

@@ -33,12 +33,23 @@ pub(crate) enum Control {
     Replay(Vec<std::sync::Arc<crate::hub::Item>>),
 }
 
+/// Where a connection starts, from its URL's query.
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    /// `?since=`: the last seq the client has.
+    pub(crate) since: Option<u64>,
+    /// `?epoch=`: the history that seq counts in.
+    pub(crate) epoch: Option<String>,
+    /// `?source=`: only one source's events.
+    pub(crate) source: Option<String>,
+}
+
 /// Serves one upgraded connection until it ends.
 pub(crate) async fn serve(
     socket: WebSocket,
     shared: Arc<Shared>,
     room: Option<String>,
-    since: Option<u64>,
+    resume: Resume,
     compressed: bool,
 ) {
     let _open = shared.open_connection();
@@ -46,7 +57,18 @@ pub(crate) async fn serve(
     stats.connection_opened();
     let filter = Filter {
         room: room.clone(),
+        sources: resume.source.into_iter().collect(),
         ..Filter::default()
+    };
+    // A `since` from another epoch counts in a history that is gone: send
+    // the whole ring, and say it is not a recovery.
+    let epoch = shared.hub.epoch();
+    let stale_epoch =
+        matches!((&resume.epoch, &epoch), (Some(theirs), Some(ours)) if **theirs != **ours);
+    let since = if stale_epoch {
+        resume.since.map(|_| 0)
+    } else {
+        resume.since
     };
     let queue = Arc::new(Queue::new(shared.config.queue_capacity, filter));
     let (sink, stream) = socket.split();
@@ -57,13 +79,17 @@ pub(crate) async fn serve(
     // from here on (or replayed) waits for a later event to be sent.
     let mut announcements = shared.hub.announcements();
     announcements.mark_changed();
-    let replay = shared.hub.attach(Arc::clone(&queue), since);
+    let mut replay = shared.hub.attach(Arc::clone(&queue), since);
+    if stale_epoch && let Some(replay) = &mut replay {
+        replay.recovered = false;
+    }
     let mut first = vec![
         ServerMessage::Welcome {
             session: shared.next_session(),
             protocol: protocol::PROTOCOL,
             last_seq: shared.hub.last_seq(),
             room: room.as_deref(),
+            epoch: epoch.as_deref(),
         }
         .encode(),
     ];
@@ -72,7 +98,7 @@ pub(crate) async fn serve(
     {
         first.push(snapshot);
     }
-    if let (Some(since), Some(replay)) = (since, replay) {
+    if let (Some(since), Some(replay)) = (resume.since, replay) {
         // The replayed items are already queued, behind these messages.
         first.push(commands::resumed(since, &replay));
     }

@@ -13,7 +13,7 @@ use crate::outcome::Outcome;
 use crate::stats::OutcomeCell;
 
 /// `Content-Type` of the text exposition format.
-pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The duration histograms' bucket bounds, shared with the facade's users.
 const BUCKETS_SECONDS: [f64; 16] = crate::metrics::DURATION_BUCKETS;
@@ -97,7 +97,7 @@ pub(super) fn render(monitor: &Monitor, ws: &StatsSnapshot) -> String {
 
 /// The sidecar's own series, by metric name: rendered here, and mirrored
 /// into the `metrics` facade by the bridge.
-pub(super) fn sidecar_series(ws: &StatsSnapshot) -> [(&'static str, u64); 8] {
+pub(crate) fn sidecar_series(ws: &StatsSnapshot) -> [(&'static str, u64); 8] {
     [
         (metrics::WS_CONNECTIONS_ACTIVE, ws.connections_active),
         (metrics::WS_CONNECTIONS_TOTAL, ws.connections_total),
@@ -112,7 +112,7 @@ pub(super) fn sidecar_series(ws: &StatsSnapshot) -> [(&'static str, u64); 8] {
 
 /// `# HELP` and `# TYPE` of the family `name`, then its `samples`; nothing
 /// if there are none.
-fn write_family(out: &mut String, name: &str, samples: &str) {
+pub(crate) fn write_family(out: &mut String, name: &str, samples: &str) {
     if samples.is_empty() {
         return;
     }
@@ -133,7 +133,7 @@ fn write_header(out: &mut String, family: &Family) {
 }
 
 /// One sample line: `name{a="x",b="y"} value`.
-fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> String {
+pub(crate) fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> String {
     let mut line = String::with_capacity(name.len() + 32);
     line.push_str(name);
     write_labels(&mut line, labels, None);
@@ -144,7 +144,7 @@ fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> String {
 /// The `_bucket` lines (cumulative, ending with `+Inf`), `_sum` and
 /// `_count` of one histogram series. Bucket counts come from the HDR
 /// histogram (two significant digits), sum and count are exact.
-fn histogram(name: &str, labels: &[(&str, &str)], cell: &OutcomeCell) -> String {
+pub(crate) fn histogram(name: &str, labels: &[(&str, &str)], cell: &OutcomeCell) -> String {
     let mut out = String::new();
     let bucket = format!("{name}_bucket");
     for le in BUCKETS_SECONDS {

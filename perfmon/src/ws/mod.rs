@@ -33,7 +33,7 @@
 
 mod backend;
 mod bridge;
-mod exposition;
+pub(crate) mod exposition;
 #[cfg(feature = "history")]
 mod history_routes;
 
@@ -317,6 +317,17 @@ impl SidecarBuilder {
     ///
     /// A bad address, a port in use, or no thread or runtime: see [`SidecarError`].
     pub fn serve(self, monitor: &Monitor) -> Result<Sidecar, SidecarError> {
+        let backend: Arc<dyn Backend> = Arc::new(backend::MonitorBackend::new(monitor.clone()));
+        let hub = bridge::hub_of(monitor, self.config.ring_capacity)?;
+        self.serve_backend(backend, hub)
+    }
+
+    /// Binds and serves `backend` and `hub` (a collector's, or a monitor's).
+    pub(crate) fn serve_backend(
+        self,
+        backend: Arc<dyn Backend>,
+        hub: Arc<perfmon_ws::Hub>,
+    ) -> Result<Sidecar, SidecarError> {
         let addr = self
             .bind
             .to_socket_addrs()
@@ -329,10 +340,8 @@ impl SidecarBuilder {
         };
         let listener = TcpListener::bind(addr).map_err(bind_error)?;
         let local = listener.local_addr().map_err(bind_error)?;
-        let backend: Arc<dyn Backend> = Arc::new(backend::MonitorBackend::new(monitor.clone()));
         let mut config = self.config;
         config.index_html = config.index_html.or(Some(INDEX_HTML));
-        let hub = bridge::hub_of(monitor, config.ring_capacity)?;
 
         if let Some(handle) = tokio::runtime::Handle::try_current()
             .ok()
