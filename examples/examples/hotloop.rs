@@ -21,6 +21,9 @@
 //! with `pipeline`), `pipelines` (finished pipelines of ten runs each),
 //! `pipelines-history` (the same with a history file in the temporary
 //! directory: count the host thread alone with `--separate-threads=yes`),
+//! `pipelines-events` (the same with an event subscriber, as a sidecar
+//! makes: every run publishes events), `pipelines-fleet` (the same
+//! publishing to the Redis at `PERFMON_REDIS`, e.g. redis://127.0.0.1:6379),
 //! `none` (`perfmon::agent` with no subscriber). See BENCHMARKS.md.
 
 use std::future::Future;
@@ -52,6 +55,24 @@ fn main() {
         }
     }
     let monitor = builder.build();
+    // `pipelines-events` / `pipelines-fleet`: runs publish events.
+    let _subscription = (mode == "pipelines-events").then(|| monitor.subscribe());
+    let _publisher = if mode == "pipelines-fleet" {
+        let url =
+            std::env::var("PERFMON_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        match perfmon::fleet::Publisher::builder(url)
+            .source("hotloop")
+            .start(&monitor)
+        {
+            Ok(publisher) => Some(publisher),
+            Err(err) => {
+                eprintln!("{err}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     // Only built in the modes that use it: creating any dispatcher changes
     // how disabled callsites are checked, which would skew `none`.
     let with_layer =
@@ -92,7 +113,7 @@ fn main() {
             }
             drop(pipeline);
         }),
-        "pipelines" | "pipelines-history" => {
+        "pipelines" | "pipelines-history" | "pipelines-events" | "pipelines-fleet" => {
             tracing::dispatcher::with_default(&with_layer(), || {
                 // Pipelines of ten runs, each finished: what the history stores.
                 for _ in 0..runs / 10 {
