@@ -7,6 +7,9 @@
 //! `PERFMON_BROWSER_TESTS=require` (as in `.ci/run`), where it fails.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+#[path = "common/redis.rs"]
+mod redis_server;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -941,5 +944,80 @@ async fn history_view_and_alert_banner_show_what_happened_before_and_now() {
     sidecar.shutdown();
     client.close().await.unwrap();
     drop(driver);
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_page_shows_the_fleet_with_its_sources() {
+    let Some((driver_path, chromium)) = browser_tools() else {
+        return;
+    };
+    let dir = tempfile::TempDir::new().unwrap();
+    let Some(redis) = redis_server::Redis::start(dir.path(), false) else {
+        return;
+    };
+    let _one = ONE_BROWSER_AT_A_TIME.lock().await;
+    let stream = "fleet-page";
+    let workers: Vec<(Monitor, perfmon::fleet::Publisher)> = ["w1", "w2"]
+        .into_iter()
+        .map(|name| {
+            let monitor = Monitor::builder().metrics(false).build();
+            let publisher = perfmon::fleet::Publisher::builder(redis.url())
+                .source(name)
+                .stream(stream)
+                .start(&monitor)
+                .unwrap();
+            tracing::dispatcher::with_default(&dispatch(&monitor), || {
+                for i in 0..3 {
+                    let p = monitor.start_pipeline(format!("{name}-job-{i}"));
+                    drop(perfmon::agent("physics"));
+                    let _ = p.finish();
+                }
+            });
+            monitor.flush().unwrap();
+            (monitor, publisher)
+        })
+        .collect();
+    let collector = perfmon::fleet::Collector::builder(redis.url())
+        .stream(stream)
+        .bind("127.0.0.1:0")
+        .serve()
+        .unwrap();
+
+    let profile =
+        std::env::temp_dir().join(format!("perfmon-chromium-fleet-{}", std::process::id()));
+    let driver = start_driver(&driver_path);
+    let client = browser(&driver, &chromium, &profile).await;
+    client.goto(&collector.url()).await.unwrap();
+    until_live(&client, "the live indicator").await;
+    until(
+        &client,
+        "two live sources in the Sources panel",
+        r##"!document.querySelector("#sources").hidden
+           && document.querySelectorAll('#sources tbody tr[data-state="live"]').length === 2"##,
+    )
+    .await;
+    let names = js(
+        &client,
+        r##"[...document.querySelectorAll("#sources tbody tr")].map((r) => r.dataset.source).join(",")"##,
+    )
+    .await;
+    assert_eq!(names, "w1,w2");
+    let row = until(
+        &client,
+        "a recent pipeline tagged with its source",
+        r##"document.querySelector('#recent [data-source="w2"]')?.textContent"##,
+    )
+    .await;
+    assert!(row.as_str().unwrap().starts_with("w2 · w2-job-"), "{row}");
+    std::fs::write(
+        artifacts().join("dashboard-fleet.png"),
+        client.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    client.close().await.unwrap();
+    drop(driver);
+    drop(workers);
+    collector.shutdown();
     let _ = std::fs::remove_dir_all(&profile);
 }

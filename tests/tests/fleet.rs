@@ -7,121 +7,22 @@
 //! `.ci/run` sets).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/redis.rs"]
+mod redis_server;
+
 use std::io::{BufRead, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use perfmon::Monitor;
 use perfmon::fleet::{Collector, Publisher};
+use redis_server::Redis;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::Message;
 use tracing_subscriber::layer::SubscriberExt;
-
-/// A `redis-server` of the test's own.
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    persistent: bool,
-}
-
-fn have(binary: &str) -> bool {
-    Command::new(binary)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Redis {
-    /// A new server in `dir` (None: skip, with what to install).
-    /// `persistent`: append-only file on, so a restart keeps the stream.
-    fn start(dir: &Path, persistent: bool) -> Option<Redis> {
-        if !have("redis-server") || !have("redis-cli") {
-            assert!(
-                std::env::var("PERFMON_REDIS_TESTS").as_deref() != Ok("require"),
-                "PERFMON_REDIS_TESTS=require, but no redis-server: apt-get install redis-server"
-            );
-            eprintln!("skipped: no redis-server (apt-get install redis-server)");
-            return None;
-        }
-        Some(Redis::spawn(dir, free_port(), persistent))
-    }
-
-    fn spawn(dir: &Path, port: u16, persistent: bool) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", if persistent { "yes" } else { "no" }])
-            .args(["--appendfsync", "always", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let redis = Redis {
-            child,
-            port,
-            dir: dir.to_owned(),
-            persistent,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        *self = Redis::spawn(&self.dir.clone(), self.port, self.persistent);
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A worker: a monitor with its layer, and a publisher named `name`.
 struct Worker {
@@ -631,4 +532,53 @@ fn malformed_entries_are_skipped_and_counted_and_the_stream_stays_bounded() {
     assert!(agent(&agents, "physics")["runs"].as_u64().unwrap() > 100);
     let (status, _) = get(addr, "/healthz");
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_starts_a_new_epoch_and_seqs_keep_increasing() {
+    let dir = TempDir::new().unwrap();
+    let Some(mut redis) = Redis::start(dir.path(), false) else {
+        return;
+    };
+    let stream = "fleet-epoch";
+    let w = worker(&redis, stream, "w1", 10_000);
+    w.run("a", 5, "physics", 1);
+    w.flushed();
+    let c = collector(&redis, stream, "127.0.0.1:0");
+    let addr = c.local_addr();
+    let mut sock = ws(addr, "?since=0").await;
+    let before = until(&mut sock, |v| {
+        v["pipeline"] == "a-4" && v["type"] == "pipeline_completed"
+    })
+    .await;
+    let old_epoch = before[0]["epoch"].as_str().unwrap().to_owned();
+    let last = before
+        .iter()
+        .filter_map(|v| v["seq"].as_u64())
+        .max()
+        .unwrap();
+
+    // Not persistent: Redis comes back empty, and the numbering starts again.
+    redis.restart();
+    w.run("b", 5, "physics", 1);
+    w.flushed();
+    let after = until(&mut sock, |v| {
+        v["pipeline"] == "b-4" && v["type"] == "pipeline_completed"
+    })
+    .await;
+    let seqs: Vec<u64> = after.iter().filter_map(|v| v["seq"].as_u64()).collect();
+    assert!(seqs.iter().all(|s| *s > last), "{seqs:?} after {last}");
+    let new_epoch = json(addr, "/api/performance/sources")["broker"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_epoch, old_epoch);
+    // A client resuming in the old epoch is told it is not a recovery.
+    let mut late = ws(addr, &format!("?since={last}&epoch={old_epoch}")).await;
+    let got = until(&mut late, |v| v["type"] == "resumed").await;
+    assert_eq!(got[0]["epoch"], new_epoch.as_str());
+    assert_eq!(got.last().unwrap()["recovered"], false);
+    // Nothing was read twice: ten pipelines in all.
+    let agents = json(addr, "/api/performance/agents");
+    assert_eq!(agent(&agents, "physics")["runs"], 10);
 }
