@@ -19,6 +19,10 @@
 
 #![allow(clippy::expect_used)] // a measuring program: a panic is the right report
 
+#[path = "support/proc_usage.rs"]
+mod proc_usage;
+
+use proc_usage::usage_of;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::TcpListener;
@@ -148,28 +152,6 @@ impl Drop for Redis {
     }
 }
 
-/// A child's CPU time (`/proc/PID/stat`, ticks of 10 ms) and RSS (bytes).
-fn usage_of(pid: u32) -> (Duration, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (Duration::from_millis(ticks * 10), rss_kb * 1024)
-}
-
 fn now_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -276,7 +258,7 @@ async fn client(url: String, stop: Arc<AtomicU64>) -> Seen {
             }
             seen.last = seq;
             seen.events += 1;
-            if seq % 8 == 0
+            if seq.is_multiple_of(8)
                 && let Some(ts) = ts
             {
                 seen.latencies.push(now - ts);

@@ -69,6 +69,21 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Encodes everything but URL-unreserved characters (`A-Z a-z 0-9 - . _ ~`)
+/// as `%XX`: a safe query value or path segment. The inverse of
+/// [`percent_decode`].
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes and `+` in a URL query value or path segment.
 pub fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();

@@ -292,7 +292,11 @@ async fn session(
     let sep = if b.url.contains('?') { '&' } else { '?' };
     let url = match (last_seq.seq, &last_seq.epoch) {
         (Some(seq), Some(epoch)) => {
-            format!("{}{sep}since={seq}&epoch={}", b.url, query_escape(epoch))
+            format!(
+                "{}{sep}since={seq}&epoch={}",
+                b.url,
+                crate::auth::percent_encode(epoch)
+            )
         }
         (Some(seq), None) => format!("{}{sep}since={seq}", b.url),
         (None, _) => b.url.clone(),
@@ -362,19 +366,6 @@ async fn session(
             }
         }
     }
-}
-
-/// `value` with everything but URL-unreserved characters percent-encoded.
-fn query_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// Where a resume starts: the last seq seen, in which epoch.

@@ -50,7 +50,7 @@ mod shared;
 mod site;
 mod stats;
 
-pub use auth::{Access, AuthError, Authorizer, BearerToken, percent_decode};
+pub use auth::{Access, AuthError, Authorizer, BearerToken, percent_decode, percent_encode};
 pub use backend::{Backend, Reply, ServerInfo};
 pub use client::{Client, ClientBuilder, ConnectionState, Received, SendError};
 pub use config::Config;

@@ -113,8 +113,11 @@
 //! - `process`: `MonitorBuilder::process_sampler`, CPU/RSS/threads of the process.
 //! - `ws`: `ws::Sidecar`, the WebSocket sidecar (from `perfmon-ws`): live
 //!   events, REST snapshots and Prometheus text on one port.
-//! - `fleet`: [`fleet`], many processes on one dashboard through a Redis
-//!   stream: `fleet::Publisher` in each worker, `fleet::Collector` to serve them.
+//! - `fleet`: `perfmon::fleet`, many processes on one dashboard through a
+//!   Redis stream: `fleet::Publisher` in each worker, `fleet::Collector` to
+//!   serve them.
+//! - `cli`: the `perfmon` command (`perfmon top`, `tail`, `report`,
+//!   `agents`) and `perfmon::cli`, its parts.
 //!
 //! # MSRV
 //!
@@ -128,12 +131,16 @@
 //   pipeline, metrics, events
 //   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws, otel
 //   → fleet (publisher on the event stream; collector on top of ws)
+//   → cli (a client of any sidecar: REST and perfmon-ws's client)
 mod alert_state;
 #[cfg(feature = "alerts")]
 #[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]
 pub mod alerts;
 mod analysis;
 mod builder;
+#[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
+pub mod cli;
 mod clock;
 mod coverage;
 mod events;

@@ -350,7 +350,7 @@ impl PipelineReport {
     /// The stored runs with their nesting depth, each followed by the runs
     /// nested in it (in start order), so that indentation shows nesting
     /// even when parallel runs started in between.
-    fn tree_order(&self) -> Vec<(&AgentRun, usize)> {
+    pub(crate) fn tree_order(&self) -> Vec<(&AgentRun, usize)> {
         let n = self.agents.len();
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
         for (i, run) in self.agents.iter().enumerate() {
