@@ -35,6 +35,15 @@ pub enum Received {
         /// The whole object.
         value: Value,
     },
+    /// One event as its JSON text, with [`ClientBuilder::raw_events`].
+    RawEvent {
+        /// Its seq.
+        seq: u64,
+        /// Its `"type"`.
+        kind: String,
+        /// The whole object, as the server sent it.
+        json: String,
+    },
     /// The server shed events this client read too slowly.
     Dropped {
         /// How many.
@@ -89,6 +98,7 @@ pub struct ClientBuilder {
     heartbeat: Duration,
     outgoing_capacity: usize,
     incoming_capacity: usize,
+    raw: bool,
 }
 
 /// Why a command could not be queued.
@@ -134,6 +144,7 @@ impl Client {
             heartbeat: Duration::from_secs(15),
             outgoing_capacity: 64,
             incoming_capacity: 1_024,
+            raw: false,
         }
     }
 
@@ -188,6 +199,15 @@ impl ClientBuilder {
     /// re-made (default 15 s).
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
+        self
+    }
+
+    /// Hand events over as their JSON text ([`Received::RawEvent`]) instead
+    /// of parsed [`Received::Event`]s: for a client that reads many events
+    /// and decodes them into its own types (building a `serde_json::Value`
+    /// for each costs more than reading it). Default off.
+    pub fn raw_events(mut self, raw: bool) -> Self {
+        self.raw = raw;
         self
     }
 
@@ -339,8 +359,19 @@ async fn session(
                     Some(Err(e)) => return Ok(Ended::Lost(e.to_string())),
                     None => return Ok(Ended::Lost("connection ended".into())),
                 };
-                let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
-                for received in decode(value, last_seq) {
+                let decoded = if b.raw {
+                    decode_raw(&text, last_seq)
+                } else {
+                    None
+                };
+                let decoded = match decoded {
+                    Some(decoded) => decoded,
+                    None => {
+                        let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
+                        decode(value, last_seq)
+                    }
+                };
+                for received in decoded {
                     if incoming.send(received).await.is_err() {
                         return Ok(Ended::Stopped);
                     }
@@ -366,6 +397,50 @@ async fn session(
             }
         }
     }
+}
+
+/// What [`decode_raw`] reads of a message: its type and seq, and a
+/// batch's events, without building a `Value`.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    seq: Option<u64>,
+    #[serde(borrow)]
+    events: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+/// Events (and batches of them) as [`Received::RawEvent`]s; `None` for
+/// anything else (the caller decodes it as a `Value`).
+fn decode_raw(text: &str, last_seq: &mut Cursor) -> Option<Vec<Received>> {
+    let head: Head<'_> = serde_json::from_str(text).ok()?;
+    let raws: Vec<&str> = match (&*head.kind, head.events, head.seq) {
+        ("batch", Some(events), _) => events.iter().map(|e| e.get()).collect(),
+        (_, None, Some(_)) => vec![text],
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(raws.len());
+    for raw in raws {
+        let Ok(Head {
+            kind,
+            seq: Some(seq),
+            ..
+        }) = serde_json::from_str::<Head<'_>>(raw)
+        else {
+            continue;
+        };
+        // A replay may repeat what we already have: skip it.
+        if last_seq.seq.is_some_and(|last| seq <= last) {
+            continue;
+        }
+        last_seq.seq = Some(seq);
+        out.push(Received::RawEvent {
+            seq,
+            kind: kind.into_owned(),
+            json: raw.to_owned(),
+        });
+    }
+    Some(out)
 }
 
 /// Where a resume starts: the last seq seen, in which epoch.
@@ -426,5 +501,50 @@ fn decode(value: Value, last_seq: &mut Cursor) -> Vec<Received> {
             }
             None => vec![Received::Other(value)],
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_events_are_split_from_batches_in_order_without_repeats() {
+        let mut cursor = Cursor::default();
+        let batch = r#"{"type":"batch","events":[{"type":"a","seq":1,"data":{"x":[1,2]}},{"type":"b","seq":2}]}"#;
+        let got = decode_raw(batch, &mut cursor).unwrap();
+        assert_eq!(
+            got,
+            [
+                Received::RawEvent {
+                    seq: 1,
+                    kind: "a".into(),
+                    json: r#"{"type":"a","seq":1,"data":{"x":[1,2]}}"#.into()
+                },
+                Received::RawEvent {
+                    seq: 2,
+                    kind: "b".into(),
+                    json: r#"{"type":"b","seq":2}"#.into()
+                },
+            ]
+        );
+        // A replay repeating seq 2 is skipped; seq 3 comes through.
+        let again = decode_raw(r#"{"type":"b","seq":2}"#, &mut cursor).unwrap();
+        assert!(again.is_empty());
+        assert_eq!(
+            decode_raw(r#"{"type":"c","seq":3}"#, &mut cursor)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Not an event: left to the Value decoder.
+        assert!(
+            decode_raw(
+                r#"{"type":"dropped","count":2,"first_seq":4,"last_seq":5}"#,
+                &mut cursor
+            )
+            .is_none()
+        );
+        assert!(decode_raw("not json", &mut cursor).is_none());
     }
 }

@@ -206,6 +206,10 @@ struct QueueInner {
     replay_pending: bool,
     /// Its items have reached `replay` (so an empty `replay` means sent).
     replay_pushed: bool,
+    /// A fresh connection attached before the hub had anything: its stream
+    /// starts at the first item published, whatever its seq (seqs before
+    /// it were never in this hub, not lost to this connection).
+    unanchored: bool,
 }
 
 impl QueueInner {
@@ -249,6 +253,7 @@ impl Queue {
                 replay: VecDeque::new(),
                 replay_pending: false,
                 replay_pushed: false,
+                unanchored: false,
             }),
             notify: Notify::new(),
             capacity,
@@ -264,13 +269,22 @@ impl Queue {
             return 0;
         }
         let Pull {
-            missed_high,
-            lost,
+            mut missed_high,
+            mut lost,
             fresh,
         } = hub.since(cursor);
         let mut q = lock(&self.inner);
         if q.closed || q.cursor != cursor {
             return 0; // closed, or a concurrent pull got there first
+        }
+        if std::mem::take(&mut q.unanchored) {
+            // Seqs before the hub's first item were never in it: not lost
+            // to a connection that attached before anything was published.
+            let first = hub.first_seq.load(Ordering::Acquire);
+            lost = lost
+                .map(|(from, to)| (from.max(first), to))
+                .filter(|(from, to)| from <= to);
+            missed_high.retain(|i| i.seq >= first);
         }
         let mut shed = 0;
         if let Some((first, last)) = lost {
@@ -432,6 +446,8 @@ pub struct Hub {
     rings: Mutex<Rings>,
     ring_capacity: usize,
     last_seq: AtomicU64,
+    /// The seq of the first item ever published (0 before that).
+    first_seq: AtomicU64,
     /// The newest seq, for writers waiting for something to send.
     announce: watch::Sender<u64>,
     queues: Mutex<Vec<Arc<Queue>>>,
@@ -481,6 +497,7 @@ impl Hub {
             }),
             ring_capacity: ring_capacity.max(1),
             last_seq: AtomicU64::new(0),
+            first_seq: AtomicU64::new(0),
             announce: watch::Sender::new(0),
             queues: Mutex::new(Vec::new()),
             epoch: Mutex::new(None),
@@ -524,6 +541,9 @@ impl Hub {
                 rings.all.pop_front();
             }
             rings.all.push_back(item);
+            let _ = self
+                .first_seq
+                .compare_exchange(0, seq, Ordering::AcqRel, Ordering::Acquire);
             self.last_seq.fetch_max(seq, Ordering::AcqRel);
         }
         self.announce.send_if_modified(|last| {
@@ -589,8 +609,11 @@ impl Hub {
         let last = self.last_seq();
         lock(&self.queues).push(Arc::clone(&queue));
         let Some(since) = since else {
-            // A fresh client starts live: nothing at or before `last`.
-            lock(&queue.inner).cursor = last;
+            // A fresh client starts live: nothing at or before `last` (or,
+            // before anything was published, from the first item on).
+            let mut q = lock(&queue.inner);
+            q.cursor = last;
+            q.unanchored = last == 0;
             return None;
         };
         let oldest = ring.front().map_or(0, |i| i.seq);
@@ -671,6 +694,30 @@ mod tests {
             priority,
             format!("{seq}"),
         ));
+    }
+
+    #[test]
+    fn a_client_attached_before_the_first_item_loses_nothing_before_it() {
+        // The host numbered events before the hub existed (a sidecar started
+        // after the monitor): the hub's first item is seq 7.
+        let hub = Hub::new(100);
+        let queue = Arc::new(Queue::new(8, Filter::default()));
+        let _ = hub.attach(Arc::clone(&queue), None);
+        for seq in 7..=9 {
+            publish(&hub, seq, true);
+        }
+        assert_eq!(queue.pull(&hub), 0);
+        let batch = queue.take(usize::MAX);
+        assert!(batch.dropped.is_none(), "{:?}", batch.dropped);
+        assert_eq!(
+            batch.items.iter().map(|i| i.seq).collect::<Vec<_>>(),
+            [7, 8, 9]
+        );
+        // Later losses still count: it falls 200 items behind a ring of 100.
+        for seq in 10..=210 {
+            publish(&hub, seq, false);
+        }
+        assert!(queue.pull(&hub) > 0);
     }
 
     #[test]

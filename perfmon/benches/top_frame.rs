@@ -58,16 +58,17 @@ fn bench(c: &mut Criterion) {
             terminal.draw(|f| render(f, &m, Theme::new(true))).unwrap();
         });
     });
-    let events: Vec<_> = (0..10_000u64)
+    // As the server sends them: text, decoded by the view itself.
+    let events: Vec<String> = (0..10_000u64)
         .map(|i| json!({"type": "agent_completed", "seq": i, "ts": 1.7e12, "pipeline": format!("live_{}", i % 100),
-            "data": {"agent": "physics", "duration_ms": 12.0, "outcome": "succeeded"}}))
+            "data": {"agent": "physics", "duration_ms": 12.0, "outcome": "succeeded"}}).to_string())
         .collect();
     c.bench_function("top/apply_10000_events", |b| {
         b.iter_batched(
             model,
             |mut m| {
                 for e in &events {
-                    m.apply(e.clone());
+                    m.apply_json(e);
                 }
                 m
             },

@@ -165,8 +165,11 @@ pub fn tail(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let line = match input {
-            Input::Event(e) if as_json => e.to_string(),
-            Input::Event(e) => event_line(&e),
+            Input::Event(e) if as_json => e,
+            Input::Event(e) => match serde_json::from_str::<Value>(&e) {
+                Ok(v) => event_line(&v),
+                Err(_) => continue,
+            },
             Input::Gap(what) if as_json => json!({"type": "gap", "message": what}).to_string(),
             Input::Gap(what) => format!("-- gap: {what}"),
             Input::Link(Link::Offline(e)) => {

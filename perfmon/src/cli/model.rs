@@ -5,7 +5,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::record::PipelineReport;
 
@@ -135,6 +139,81 @@ pub struct Active {
     pub finished: u64,
 }
 
+/// What [`Model::apply_json`] reads of an event, borrowed from its text.
+#[derive(Deserialize)]
+struct EventIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    seq: Option<u64>,
+    ts: Option<f64>,
+    #[serde(borrow)]
+    pipeline: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// The fields of the events' `data` the view uses (any event's).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DataIn<'a> {
+    #[serde(borrow)]
+    agent: Option<Cow<'a, str>>,
+    percent: Option<f64>,
+    #[serde(borrow)]
+    stage: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    outcome: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    error: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+    cpu_percent: Option<f64>,
+    rss_bytes: Option<f64>,
+}
+
+/// What the pipeline list needs of a report.
+#[derive(Deserialize)]
+struct ReportIn<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    #[serde(default)]
+    duration_ms: f64,
+    #[serde(default)]
+    started_at_ms: f64,
+    #[serde(borrow, default)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    bottlenecks: Vec<BottleneckIn<'a>>,
+    #[serde(borrow, default)]
+    agents: Vec<RunIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct BottleneckIn<'a> {
+    #[serde(borrow)]
+    agent: Cow<'a, str>,
+    #[serde(default)]
+    share: f64,
+}
+
+#[derive(Deserialize)]
+struct RunIn<'a> {
+    #[serde(borrow)]
+    agent: Cow<'a, str>,
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    #[serde(borrow, default)]
+    error: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offset_ms: f64,
+}
+
 /// A finished pipeline, as the list shows it.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -148,8 +227,8 @@ pub struct Finished {
     pub duration_ms: f64,
     /// Its first bottleneck and share, if any.
     pub bottleneck: Option<(String, f64)>,
-    /// The report, as the server sent it.
-    pub report: Value,
+    /// The report's JSON, as the server sent it.
+    pub report: String,
 }
 
 /// Where the keyboard goes.
@@ -305,52 +384,36 @@ impl Model {
         }
         self.recent.clear();
         for r in recent.as_array().into_iter().flatten().rev() {
-            self.finished(r.clone());
+            self.finished(&r.to_string(), None);
         }
     }
 
-    /// A finished pipeline's report (an event's data or a REST answer):
-    /// the list's figures are read from it, the whole report is parsed
-    /// only for its timeline (a few hundred a second arrive under load).
-    fn finished(&mut self, report: Value) {
-        let Some(id) = report["id"].as_str().map(str::to_owned) else {
+    /// A finished pipeline's report (an event's data or a REST answer, as
+    /// JSON text): the list's figures are read from it, the whole report is
+    /// parsed only to draw its timeline (hundreds a second arrive under load).
+    fn finished(&mut self, json: &str, event_source: Option<&str>) {
+        let Ok(r) = serde_json::from_str::<ReportIn<'_>>(json) else {
             return;
         };
+        let id = r.id.into_owned();
         self.active.remove(&id);
-        if let Some(source) = report["source"].as_str() {
+        if let Some(source) = r.source.as_deref().or(event_source) {
             self.sources.insert(id.clone(), source.to_owned());
         }
-        let mut bottleneck = None;
-        for b in report["bottlenecks"].as_array().into_iter().flatten() {
-            if let Some(agent) = b["agent"].as_str() {
-                let share = b["share"].as_f64().unwrap_or(0.0);
-                self.bottlenecks.insert(agent.to_owned(), share);
-                bottleneck.get_or_insert((agent.to_owned(), share));
-            }
+        for b in &r.bottlenecks {
+            self.bottlenecks.insert(b.agent.to_string(), b.share);
         }
-        let started_ms = report["started_at_ms"].as_f64().unwrap_or(0.0);
-        let failed_runs: Vec<(f64, String, String)> = report["agents"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["outcome"].as_str().is_some_and(|o| o != "succeeded"))
-            .map(|r| {
-                let outcome = r["outcome"].as_str().unwrap_or("failed");
-                let text = match r["error"].as_str() {
-                    Some(e) if outcome == "failed" => format!("failed: {e}"),
-                    _ => outcome.to_owned(),
-                };
-                (
-                    started_ms + r["offset_ms"].as_f64().unwrap_or(0.0),
-                    r["agent"].as_str().unwrap_or("?").to_owned(),
-                    text,
-                )
-            })
-            .collect();
-        for (ts, agent, text) in failed_runs {
-            self.push_failure(ts, &id, &agent, &text);
+        let bottleneck = r
+            .bottlenecks
+            .first()
+            .map(|b| (b.agent.to_string(), b.share));
+        for run in r.agents.iter().filter(|run| run.outcome != "succeeded") {
+            let text = match &run.error {
+                Some(e) if run.outcome == "failed" => format!("failed: {e}"),
+                _ => run.outcome.to_string(),
+            };
+            self.push_failure(r.started_at_ms + run.offset_ms, &id, &run.agent, &text);
         }
-        let outcome = report["outcome"].as_str().unwrap_or("?").to_owned();
         if self.recent.len() >= RECENT
             && let Some(gone) = self.recent.pop_back()
         {
@@ -358,12 +421,12 @@ impl Model {
             self.sources.remove(&gone.id);
         }
         self.recent.push_front(Finished {
-            failed: outcome != "succeeded",
-            outcome,
-            duration_ms: report["duration_ms"].as_f64().unwrap_or(0.0),
+            failed: r.outcome != "succeeded",
+            outcome: r.outcome.into_owned(),
+            duration_ms: r.duration_ms,
             bottleneck,
             id,
-            report,
+            report: json.to_owned(),
         });
     }
 
@@ -382,8 +445,18 @@ impl Model {
             .push_front((ts, pipeline.to_owned(), agent.to_owned(), error.to_owned()));
     }
 
-    /// One event from the stream.
-    pub fn apply(&mut self, mut event: Value) {
+    /// One event from the stream, as a `Value`.
+    pub fn apply(&mut self, event: &Value) {
+        self.apply_json(&event.to_string());
+    }
+
+    /// One event from the stream, as the server sent it (decoded into
+    /// borrowed types: no `Value` is built). Returns `false` for JSON that
+    /// is not an event.
+    pub fn apply_json(&mut self, json: &str) -> bool {
+        let Ok(event) = serde_json::from_str::<EventIn<'_>>(json) else {
+            return false;
+        };
         let now = Instant::now();
         self.arrivals.push_back(now);
         while self
@@ -393,20 +466,19 @@ impl Model {
         {
             self.arrivals.pop_front();
         }
-        if let Some(seq) = event["seq"].as_u64() {
+        if let Some(seq) = event.seq {
             self.last_seq = self.last_seq.max(seq);
         }
-        if event["type"] == "pipeline_completed" {
-            // The report moves into the model: no copy of its runs.
-            if let Some(data) = event.get_mut("data").map(Value::take) {
-                self.finished(data);
-            }
-            return;
+        let raw = event.data.map_or("{}", |d| d.get());
+        if event.kind == "pipeline_completed" {
+            self.finished(raw, event.source.as_deref());
+            return true;
         }
-        let data = &event["data"];
-        let pipeline = event["pipeline"].as_str();
-        let agent = data["agent"].as_str();
-        match event["type"].as_str().unwrap_or_default() {
+        let data: DataIn<'_> = serde_json::from_str(raw).unwrap_or_default();
+        let pipeline = event.pipeline.as_deref();
+        let agent = data.agent.as_deref();
+        let ts = event.ts.unwrap_or(0.0);
+        match &*event.kind {
             "pipeline_started" => {
                 if let Some(id) = pipeline
                     && (self.active.len() < ACTIVE || self.active.contains_key(id))
@@ -414,8 +486,8 @@ impl Model {
                     self.active.insert(
                         id.to_owned(),
                         Active {
-                            started_ms: ms(&event["ts"]),
-                            source: event["source"].as_str().map(str::to_owned),
+                            started_ms: ts,
+                            source: event.source.as_deref().map(str::to_owned),
                             ..Active::default()
                         },
                     );
@@ -435,8 +507,8 @@ impl Model {
                         .get_mut(id)
                         .and_then(|a| a.running.get_mut(agent))
                 {
-                    r.percent = data["percent"].as_f64().or(r.percent);
-                    r.stage = data["stage"].as_str().map(str::to_owned).or(r.stage.take());
+                    r.percent = data.percent.or(r.percent);
+                    r.stage = data.stage.as_deref().map(str::to_owned).or(r.stage.take());
                 }
             }
             "agent_completed" | "tool_completed" => {
@@ -446,20 +518,21 @@ impl Model {
                     a.running.remove(agent);
                     a.finished += 1;
                 }
-                if data["outcome"].as_str().is_some_and(|o| o != "succeeded") {
-                    let error = data["error"]
-                        .as_str()
-                        .unwrap_or(data["outcome"].as_str().unwrap_or("failed"));
+                if let Some(outcome) = data.outcome.as_deref().filter(|o| *o != "succeeded") {
+                    let text = match data.error.as_deref() {
+                        Some(e) if outcome == "failed" => format!("failed: {e}"),
+                        _ => outcome.to_owned(),
+                    };
                     self.push_failure(
-                        ms(&event["ts"]),
+                        ts,
                         pipeline.unwrap_or("(no pipeline)"),
                         agent.unwrap_or("?"),
-                        error,
+                        &text,
                     );
                 }
             }
             "thought" => {
-                let text = data["text"].as_str().unwrap_or_default();
+                let text = data.text.as_deref().unwrap_or_default();
                 self.log(format!(
                     "{} {}: {text}",
                     pipeline.unwrap_or("-"),
@@ -474,7 +547,7 @@ impl Model {
                 }
             }
             "error" => {
-                let message = data["message"].as_str().unwrap_or_default();
+                let message = data.message.as_deref().unwrap_or_default();
                 self.log(format!(
                     "ERROR {} {}: {message}",
                     pipeline.unwrap_or("-"),
@@ -483,23 +556,24 @@ impl Model {
             }
             "state_update" => {
                 self.process = Some((
-                    data["cpu_percent"].as_f64().unwrap_or(0.0),
-                    data["rss_bytes"].as_f64().unwrap_or(0.0),
+                    data.cpu_percent.unwrap_or(0.0),
+                    data.rss_bytes.unwrap_or(0.0),
                 ));
             }
             "alert_fired" => {
-                let message = data["message"].as_str().unwrap_or_default().to_owned();
+                let message = data.message.as_deref().unwrap_or_default().to_owned();
                 self.log(format!("ALERT {message}"));
             }
             "source_gone" => {
                 self.log(format!(
                     "source {} gone: its open pipelines are lost",
-                    event["source"].as_str().unwrap_or("?")
+                    event.source.as_deref().unwrap_or("?")
                 ));
                 self.reload = true;
             }
             _ => {}
         }
+        true
     }
 
     /// The server shed events to this view (`dropped`) or a resume could not
@@ -547,7 +621,7 @@ impl Model {
     /// The whole report of `id` (parsed now), if listed.
     pub fn report(&self, id: &str) -> Option<PipelineReport> {
         self.finished_pipeline(id)
-            .and_then(|f| serde_json::from_value(f.report.clone()).ok())
+            .and_then(|f| serde_json::from_str(&f.report).ok())
     }
 
     /// What a key does. `key` is a character, or `"Enter"`, `"Esc"`,

@@ -13,8 +13,8 @@ use super::model::Link;
 /// What the stream hands the view.
 #[derive(Debug)]
 pub enum Input {
-    /// An event.
-    Event(Value),
+    /// An event, as the server sent it.
+    Event(String),
     /// A gap: the server shed events, or a resume did not recover them, or
     /// this channel was full.
     Gap(String),
@@ -53,7 +53,7 @@ pub fn start(url: String, token: Option<String>, commands: Vec<Value>) -> Receiv
 }
 
 async fn pump(url: String, token: Option<String>, commands: Vec<Value>, tx: SyncSender<Input>) {
-    let mut builder = Client::builder(url);
+    let mut builder = Client::builder(url).raw_events(true);
     if let Some(token) = token {
         builder = builder.token(token);
     }
@@ -84,8 +84,11 @@ async fn pump(url: String, token: Option<String>, commands: Vec<Value>, tx: Sync
             received = client.recv() => {
                 let input = match received {
                     None => return,
-                    Some(Received::Event { value, .. }) => Input::Event(value),
-                    Some(Received::Dropped { count, .. }) => Input::Gap(format!("the server shed {count} events to this view")),
+                    Some(Received::RawEvent { json, .. }) => Input::Event(json),
+                    Some(Received::Event { value, .. }) => Input::Event(value.to_string()),
+                    Some(Received::Dropped { count, first_seq, last_seq }) => Input::Gap(format!(
+                        "the server shed {count} events to this view (seq {first_seq}..{last_seq})"
+                    )),
                     Some(Received::Resumed { recovered: false, since }) => {
                         Input::Gap(format!("events after seq {since} were no longer on the server"))
                     }

@@ -95,7 +95,9 @@ pub fn run(rest: &Rest, token: Option<String>) -> Result<(), CliError> {
 fn take_inputs(model: &mut Model, inputs: &Receiver<Input>, fetched: &Receiver<Fetched>) {
     for input in inputs.try_iter().take(INPUTS_PER_FRAME) {
         match input {
-            Input::Event(e) => model.apply(e),
+            Input::Event(e) => {
+                model.apply_json(&e);
+            }
             Input::Gap(what) => model.gap(&what),
             Input::Link(link) => {
                 if link == Link::Live && matches!(model.link, Link::Reconnecting { .. }) {
