@@ -200,9 +200,10 @@ fn top_in_a_real_terminal_selects_sorts_filters_and_goes_live_again_after_a_rest
 #[test]
 fn tail_report_and_agents_print_and_exit_as_scripts_expect() {
     let monitor = Monitor::new();
+    // The sidecar first: its replay ring then holds every event from seq 1.
+    let sidecar = serve(&monitor, "127.0.0.1:0", Some("s3cret"));
     let stop = Arc::new(AtomicBool::new(false));
     let script = scripted(&monitor, Arc::clone(&stop));
-    let sidecar = serve(&monitor, "127.0.0.1:0", Some("s3cret"));
     let url = format!("http://{}", sidecar.local_addr());
     // Wait for a finished pipeline.
     let deadline = Instant::now() + Duration::from_secs(20);
