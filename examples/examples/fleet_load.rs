@@ -207,6 +207,22 @@ fn publisher(redis: &str, source: &str, rate: u64, seconds: u64, maxlen: u64) {
     );
 }
 
+/// This program in `publisher` mode, its report on a pipe.
+fn spawn_publisher(redis: &Redis, source: &str, rate: u64, seconds: u64, maxlen: u64) -> Child {
+    Command::new(std::env::current_exe().expect("this program"))
+        .args(["publisher", "--redis", &redis.url(), "--source", source])
+        .args([
+            "--rate",
+            &rate.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .args(["--maxlen", &maxlen.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("a publisher")
+}
+
 /// What one client saw.
 #[derive(Default)]
 struct Seen {
@@ -342,26 +358,7 @@ fn run(publishers: u32, rate: u64, clients: u32, seconds: u64) {
     let (cpu0, _) = usage_of(collector.id());
     let started = Instant::now();
     let children: Vec<Child> = (0..publishers)
-        .map(|i| {
-            Command::new(std::env::current_exe().expect("this program"))
-                .args([
-                    "publisher",
-                    "--redis",
-                    &redis.url(),
-                    "--source",
-                    &format!("worker-{i}"),
-                ])
-                .args([
-                    "--rate",
-                    &rate.to_string(),
-                    "--seconds",
-                    &seconds.to_string(),
-                ])
-                .args(["--maxlen", "1000000"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("a publisher")
-        })
+        .map(|i| spawn_publisher(&redis, &format!("worker-{i}"), rate, seconds, 1_000_000))
         .collect();
     let mut rss_max = 0;
     let mut published = BTreeMap::new();
@@ -455,24 +452,13 @@ fn catchup(events: u64) {
     let fill = Instant::now();
     let children: Vec<Child> = (0..per)
         .map(|i| {
-            Command::new(std::env::current_exe().expect("this program"))
-                .args([
-                    "publisher",
-                    "--redis",
-                    &redis.url(),
-                    "--source",
-                    &format!("filler-{i}"),
-                ])
-                .args([
-                    "--rate",
-                    &rate.to_string(),
-                    "--seconds",
-                    &seconds.to_string(),
-                ])
-                .args(["--maxlen", &(events + events / 10).to_string()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("a publisher")
+            spawn_publisher(
+                &redis,
+                &format!("filler-{i}"),
+                rate,
+                seconds,
+                events + events / 10,
+            )
         })
         .collect();
     for child in children {

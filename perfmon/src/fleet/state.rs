@@ -261,7 +261,7 @@ impl FleetState {
                 self.read.events += 1;
                 let source: Arc<str> = Arc::from(source);
                 self.event(&source, instance, &kind, &event, entry, now_ms);
-                let pipeline = text(&Value::Object(event.clone()), "pipeline").map(Arc::from);
+                let pipeline = event.get("pipeline").and_then(Value::as_str).map(Arc::from);
                 let agent = event
                     .get("data")
                     .and_then(|d| text(d, "agent"))
