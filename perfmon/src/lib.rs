@@ -160,6 +160,7 @@ mod monitor;
 pub mod otel;
 mod outcome;
 mod output;
+mod pending;
 mod pipeline;
 mod record;
 mod recorder;

@@ -312,10 +312,24 @@ impl AgentMetrics {
         }
     }
 
-    /// Adds one run's usage (called only for runs that reported some).
-    pub(crate) fn record_usage(&self, usage: UsageSum) {
-        let Some(agent) = &self.agent else { return };
-        let (input, output, cost) = self.usage.get_or_init(|| {
+    /// Registers, on the calling thread, the handles that a run with
+    /// `outcome` (and usage, if `usage`) will record into. Runs are recorded
+    /// in batches, often on another thread (`pending`); the handles must
+    /// come from the recorder of the thread that ran them (the global one,
+    /// or `metrics::with_local_recorder`'s). Once registered: one load.
+    #[inline]
+    pub(crate) fn prepare(&self, outcome: &Outcome, usage: bool) {
+        if self.agent.is_some() {
+            let _ = self.run_handles(outcome);
+            if usage {
+                let _ = self.usage_handles();
+            }
+        }
+    }
+
+    fn usage_handles(&self) -> Option<&(Counter, Counter, Gauge)> {
+        let agent = self.agent.as_ref()?;
+        Some(self.usage.get_or_init(|| {
             describe();
             let agent = agent.to_string();
             (
@@ -323,16 +337,12 @@ impl AgentMetrics {
                 metrics::counter!(TOKENS, "agent" => agent.clone(), "type" => "output"),
                 metrics::gauge!(COST, "agent" => agent),
             )
-        });
-        input.increment(usage.input_tokens);
-        output.increment(usage.output_tokens);
-        cost.increment(usage.to_usage().cost_usd);
+        }))
     }
 
-    pub(crate) fn record(&self, duration: Duration, outcome: &Outcome) {
-        let Some(agent) = &self.agent else { return };
-        let i = outcome.index();
-        let (histogram, counter) = self.handles[i].get_or_init(|| {
+    fn run_handles(&self, outcome: &Outcome) -> Option<&(Histogram, Counter)> {
+        let agent = self.agent.as_ref()?;
+        Some(self.handles[outcome.index()].get_or_init(|| {
             describe();
             let labels = [
                 ("agent", agent.to_string()),
@@ -342,7 +352,23 @@ impl AgentMetrics {
                 metrics::histogram!(AGENT_DURATION, &labels),
                 metrics::counter!(AGENT_RUNS, &labels),
             )
-        });
+        }))
+    }
+
+    /// Adds one run's usage (called only for runs that reported some).
+    pub(crate) fn record_usage(&self, usage: UsageSum) {
+        let Some((input, output, cost)) = self.usage_handles() else {
+            return;
+        };
+        input.increment(usage.input_tokens);
+        output.increment(usage.output_tokens);
+        cost.increment(usage.to_usage().cost_usd);
+    }
+
+    pub(crate) fn record(&self, duration: Duration, outcome: &Outcome) {
+        let Some((histogram, counter)) = self.run_handles(outcome) else {
+            return;
+        };
         histogram.record(duration.as_secs_f64());
         counter.increment(1);
     }

@@ -47,7 +47,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Stops and joins every thread the monitor started: the process sampler,
 /// the event dispatcher (after it sends what is queued; subscriptions then
-/// end) and the exporters (after a last flush, each within 2 s). A layer
+/// end) and the exporters (after a last flush, each within 2 s); and, if no
+/// other monitor is alive in the process, the thread that counts finished
+/// runs in the statistics (`perfmon-runs`, after a last pass). A layer
 /// still installed keeps recording statistics, with no one left to read them.
 #[derive(Clone)]
 pub struct Monitor {
@@ -57,6 +59,8 @@ pub struct Monitor {
 /// What every clone of a monitor shares; dropped with the last clone.
 struct Shared {
     recorder: Arc<Recorder>,
+    /// This monitor's share of the thread that applies finished runs.
+    _collector: Option<crate::pending::CollectorUse>,
     exporters: Mutex<Vec<Arc<Control>>>,
     #[cfg(feature = "process")]
     sampler: Mutex<Option<Sampler>>,
@@ -73,6 +77,8 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // Every run closed so far reaches the statistics and `metrics`.
+        crate::pending::flush();
         #[cfg(feature = "process")]
         if let Some(sampler) = lock(&self.sampler).take() {
             sampler.stop();
@@ -115,9 +121,20 @@ impl Monitor {
             Some((e, b)) => (Some(e), Some(b)),
             None => (None, None),
         };
+        // Without it, runs are still counted exactly (by the threads that
+        // close them and by every read), but `metrics` may lag.
+        let collector = crate::pending::CollectorUse::acquire()
+            .inspect_err(|_| {
+                recorder
+                    .counters
+                    .thread_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            })
+            .ok();
         let monitor = Monitor {
             shared: Arc::new(Shared {
                 recorder,
+                _collector: collector,
                 exporters: Mutex::new(Vec::new()),
                 #[cfg(feature = "process")]
                 sampler: Mutex::new(sampler),
@@ -207,16 +224,23 @@ impl Monitor {
         self.shared.history.as_ref()
     }
 
-    /// Waits until every exporter (the history writer among them) has
-    /// handled every event published before this call and flushed, for at
-    /// most 5 s each: after it returns `Ok`, the history file holds every
-    /// pipeline finished before the call.
+    /// Counts every run closed so far in its agent's statistics (and the
+    /// `metrics` recorder), then waits until every exporter (the history
+    /// writer among them) has handled every event published before this
+    /// call and flushed, for at most 5 s each: after it returns `Ok`, the
+    /// history file holds every pipeline finished before the call.
+    ///
+    /// Reads ([`agents`](Self::agents), [`overview`](Self::overview),
+    /// reports) count closed runs by themselves: runs are applied in
+    /// batches off the closing thread, and every read applies what is
+    /// pending first.
     ///
     /// # Errors
     ///
     /// The first exporter that did not get there: [`ExporterError::Timeout`](crate::ExporterError)
     /// (it is blocked or slower than the stream). A stopped exporter is skipped.
     pub fn flush(&self) -> Result<(), crate::ExporterError> {
+        crate::pending::flush();
         let controls: Vec<Arc<Control>> = lock(&self.shared.exporters).clone();
         for control in controls {
             match exporter::flush(&control, FLUSH_TIMEOUT) {
@@ -313,14 +337,13 @@ impl Monitor {
         // Summed per agent here (cold path) rather than kept in global
         // counters that every run on every thread would have to bump.
         let (agent_runs_total, agent_failures_total) = recorder
-            .agents
             .entries()
             .iter()
             .map(|e| e.counts())
             .fold((0, 0), |(r, f), (er, ef)| (r + er, f + ef));
         let total_ns = c.pipeline_nanos_total.load(Ordering::Relaxed);
         let mut usage = *crate::sync::lock(&c.usage_outside_runs);
-        for entry in recorder.agents.entries() {
+        for entry in recorder.entries() {
             usage.add(entry.usage());
         }
         Overview {
@@ -432,7 +455,6 @@ impl Monitor {
     pub fn agents(&self) -> Vec<AgentStats> {
         let mut list: Vec<AgentStats> = self
             .recorder()
-            .agents
             .entries()
             .iter()
             .map(|e| e.stats())
@@ -444,7 +466,6 @@ impl Monitor {
     /// Statistics of one agent, by name.
     pub fn agent_stats(&self, name: &str) -> Option<AgentStats> {
         self.recorder()
-            .agents
             .entries()
             .iter()
             .find(|e| &*e.name == name)
@@ -465,7 +486,6 @@ impl Monitor {
     pub(crate) fn agent_histograms(&self) -> Vec<(Arc<str>, [crate::stats::OutcomeCell; 4])> {
         let mut list: Vec<_> = self
             .recorder()
-            .agents
             .entries()
             .iter()
             .map(|e| (Arc::clone(&e.name), e.by_outcome()))
@@ -479,7 +499,6 @@ impl Monitor {
     pub(crate) fn agent_usages(&self) -> Vec<(Arc<str>, crate::usage::UsageSum)> {
         let mut list: Vec<_> = self
             .recorder()
-            .agents
             .entries()
             .iter()
             .map(|e| (Arc::clone(&e.name), e.usage()))

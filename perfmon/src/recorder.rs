@@ -7,6 +7,7 @@
 //! ```text
 //! outcome, fields, sync, coverage, unseen   names, encodings, small helpers
 //!   → record, analysis, stats, pipeline, metrics, events   data and the event bus
+//!   → pending                           finished runs on their way to stats and pipelines
 //!   → recorder                          this file: the shared state
 //!   → layer, guard, sampler             write into the recorder (hot path)
 //!   → monitor, clock, builder, exporter read it, configure it, own its threads
@@ -14,7 +15,8 @@
 //! ```
 //!
 //! The hot path is `guard` → `layer` → `recorder` (plus the per-agent entry
-//! in `stats` and the per-pipeline state in `pipeline`).
+//! in `stats` and the per-pipeline state in `pipeline`, reached through
+//! the thread's buffer of finished runs in `pending`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,9 +27,10 @@ use crate::analysis::Rule;
 use crate::events::{Bus, EventKind};
 use crate::metrics;
 use crate::outcome::Outcome;
+use crate::pending;
 use crate::pipeline::PipelineState;
 use crate::record::PipelineReport;
-use crate::stats::{AgentTable, Counters, OutcomeCell, ProcessSample};
+use crate::stats::{AgentEntry, AgentTable, Counters, OutcomeCell, ProcessSample};
 use crate::sync::lock;
 
 /// Settings the recorder reads on the hot path.
@@ -173,6 +176,8 @@ impl Recorder {
     /// Ends `state` (once) and files its report.
     pub(crate) fn finish_pipeline(&self, state: &PipelineState, outcome: Outcome) {
         let end = self.now();
+        // Every run that closed before this call is in the report.
+        pending::flush();
         let Some(report) = state.finish(end, outcome, self.config.rule) else {
             return;
         };
@@ -206,8 +211,16 @@ impl Recorder {
         self.publish_report(Some(id), end, || EventKind::PipelineCompleted(report));
     }
 
-    /// Pipelines running now, oldest first.
+    /// Every agent's entry, with every run closed so far counted in it.
+    pub(crate) fn entries(&self) -> Vec<Arc<AgentEntry>> {
+        pending::flush();
+        self.agents.entries()
+    }
+
+    /// Pipelines running now, oldest first, with every run closed so far
+    /// counted in them.
     pub(crate) fn active_pipelines(&self) -> Vec<Arc<PipelineState>> {
+        pending::flush();
         let mut list: Vec<_> = lock(&self.active).values().cloned().collect();
         list.sort_by_key(|p| p.run);
         list
@@ -238,6 +251,7 @@ impl Recorder {
 
     /// The report of `state` so far, with the configured bottleneck rule.
     pub(crate) fn report_so_far(&self, state: &PipelineState) -> Arc<PipelineReport> {
+        pending::flush();
         state.report_so_far(self.now(), self.config.rule)
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Each agent has one [`AgentEntry`], created the first time a span names it
 //! and found again through a copy-on-write table ([`AgentTable`]) whose reads
-//! take no lock. An entry's counters and histogram sit behind the entry's own
+//! take no lock, behind a per-thread cache of the last few entries used
+//! (no hashing, no shared memory touched for a thread's usual agents). An entry's counters and histogram sit behind the entry's own
 //! mutex, held for a few nanoseconds per finished run: runs of different
 //! agents never contend, and no lock is shared by all spans.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -300,6 +302,13 @@ impl AgentEntry {
         }
     }
 
+    /// Registers this run's `metrics` handles on the closing thread (see
+    /// `AgentMetrics::prepare`), before the run is recorded in a batch.
+    #[inline]
+    pub(crate) fn prepare_metrics(&self, outcome: &Outcome, usage: bool) {
+        self.metrics.prepare(outcome, usage);
+    }
+
     pub(crate) fn run_started(&self) {
         self.running.fetch_add(1, Ordering::Relaxed);
     }
@@ -439,6 +448,30 @@ fn nanos_to_duration(ns: u128) -> Duration {
     Duration::new(secs, (ns % 1_000_000_000) as u32)
 }
 
+/// Source of [`AgentTable`] ids.
+static NEXT_TABLE: AtomicU64 = AtomicU64::new(1);
+
+/// Entries each thread keeps at hand (most programs' threads run a handful
+/// of agents); they keep at most this many entries alive per thread after
+/// their monitor is dropped.
+const RECENT_SLOTS: usize = 4;
+
+/// A thread's recently resolved entries, with their table's id.
+struct Recent {
+    slots: [Option<(u64, Arc<AgentEntry>)>; RECENT_SLOTS],
+    /// The slot the next new entry replaces.
+    next: usize,
+}
+
+thread_local! {
+    static RECENT: RefCell<Recent> = const {
+        RefCell::new(Recent {
+            slots: [const { None }; RECENT_SLOTS],
+            next: 0,
+        })
+    };
+}
+
 /// The name runs are filed under once `max_agents` distinct names exist.
 pub(crate) const OVERFLOW_AGENT: &str = "(other)";
 
@@ -447,6 +480,9 @@ pub(crate) const OVERFLOW_AGENT: &str = "(other)";
 /// a new name copies the map under a writer lock, once per name.
 #[derive(Debug)]
 pub(crate) struct AgentTable {
+    /// Process-unique, for the threads' caches of recent entries (an
+    /// address could be reused by a later table).
+    id: u64,
     map: ArcSwap<FxHashMap<Arc<str>, Arc<AgentEntry>>>,
     writer: Mutex<()>,
     max_agents: usize,
@@ -456,6 +492,7 @@ pub(crate) struct AgentTable {
 impl AgentTable {
     pub(crate) fn new(max_agents: usize, metrics_enabled: bool) -> Self {
         AgentTable {
+            id: NEXT_TABLE.fetch_add(1, Ordering::Relaxed),
             map: ArcSwap::from_pointee(FxHashMap::default()),
             writer: Mutex::new(()),
             max_agents,
@@ -472,7 +509,11 @@ impl AgentTable {
         kind: RunKind,
         overflowed: &AtomicU64,
     ) -> Arc<AgentEntry> {
+        if let Some(entry) = self.recent(name) {
+            return entry;
+        }
         if let Some(entry) = self.map.load().get(name) {
+            self.remember(entry);
             return Arc::clone(entry);
         }
         let _writer = lock(&self.writer);
@@ -499,7 +540,40 @@ impl AgentTable {
         let mut next = FxHashMap::clone(&current);
         next.insert(key, Arc::clone(&entry));
         self.map.store(Arc::new(next));
+        if &*entry.name == name {
+            self.remember(&entry);
+        }
         entry
+    }
+
+    /// `name`'s entry, if this thread resolved it lately: a few string
+    /// compares, no hashing, no shared memory touched.
+    #[inline]
+    fn recent(&self, name: &str) -> Option<Arc<AgentEntry>> {
+        RECENT
+            .try_with(|recent| {
+                let recent = recent.try_borrow().ok()?;
+                recent
+                    .slots
+                    .iter()
+                    .flatten()
+                    .find(|(table, entry)| *table == self.id && *entry.name == *name)
+                    .map(|(_, entry)| Arc::clone(entry))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps `entry` among this thread's recent ones (never the overflow
+    /// entry for another name: those runs must each be counted).
+    fn remember(&self, entry: &Arc<AgentEntry>) {
+        let _ = RECENT.try_with(|recent| {
+            if let Ok(mut recent) = recent.try_borrow_mut() {
+                let i = recent.next;
+                recent.slots[i] = Some((self.id, Arc::clone(entry)));
+                recent.next = (i + 1) % RECENT_SLOTS;
+            }
+        });
     }
 
     pub(crate) fn entries(&self) -> Vec<Arc<AgentEntry>> {

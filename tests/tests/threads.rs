@@ -46,6 +46,7 @@ fn dropping_the_last_monitor_joins_every_thread_it_started() {
     for name in [
         "perfmon-events",
         "perfmon-exporter",
+        "perfmon-runs",
         "perfmon-sampler",
         "perfmon-sidecar",
     ] {

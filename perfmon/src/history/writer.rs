@@ -122,7 +122,7 @@ impl Writer {
     /// `at_ms`; `now_ms` is when the look happens.
     fn look_at_agents(&mut self, at_ms: i64, now_ms: i64) {
         self.looked_minute = Bucket::Minute.start(now_ms);
-        for entry in self.recorder.agents.entries() {
+        for entry in self.recorder.entries() {
             let cells = entry.by_outcome();
             let runs: u64 = cells.iter().map(|c| c.runs).sum();
             let seen = self

@@ -2,23 +2,29 @@
 //!
 //! Which spans and events matter is decided once per callsite, in
 //! `register_callsite`, and kept in a fixed lock-free table
-//! ([`callsites`]). Per-span state lives in the span's extensions. The only
-//! locks on the way of a span are the span's own extensions lock (from the
-//! registry), its agent's statistics mutex and its pipeline's mutex: none
-//! is shared by all spans.
+//! ([`callsites`]). A synchronous run's state lives on its thread's stack
+//! of open runs ([`open_runs`]): opening it needs no registry lookup of the
+//! new span and no extension, closing it none at all. Other runs (futures,
+//! which may close on any thread) and pipelines keep theirs in the span's
+//! extensions. A closed run goes to the thread's buffer (`pending`); the
+//! statistics and the pipeline are updated in batches. The only locks on
+//! the way of a span are the thread's own stack and buffer, the span's
+//! extensions lock (futures, pipelines) and its pipeline's mutex (when it
+//! opens in one): none is shared by all spans.
 //!
 //! Writes into the [`Recorder`]; imports nothing above it (not the guards,
 //! not the monitor). The guards reach pipeline state through
 //! [`WithPipeline`], found on the dispatcher.
 
 mod callsites;
+mod open_runs;
 pub(crate) mod runs;
 mod visitors;
 
 use std::any::TypeId;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -30,18 +36,45 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use self::callsites::{Callsites, Kind};
+use self::open_runs::{Local, Stacks};
 use self::visitors::{AgentVisitor, ErrorVisitor, NameVisitor, OutcomeVisitor, ProgressVisitor};
 use crate::coverage::Coverage;
 use crate::events::EventKind;
 use crate::fields::PIPELINE_FIELD;
 use crate::outcome::{Outcome, UnknownOutcome};
+use crate::pending::{self, Finished};
 use crate::pipeline::{PipelineState, RunExtras, Ticket, Timing};
 use crate::record::{Progress, RunKind};
 use crate::recorder::Recorder;
 use crate::stats::AgentEntry;
 use crate::sync::lock;
 
-/// Per-span state of an agent (or tool) run, in the span's extensions.
+/// Every thread's open synchronous runs.
+static OPEN_RUNS: Stacks<AgentData> = Stacks::new();
+
+thread_local! {
+    /// This thread's open synchronous runs.
+    static LOCAL_RUNS: Local<AgentData> = OPEN_RUNS.register();
+}
+
+/// Source of [`PerfmonLayer`] ids: the open runs of two layers (two
+/// registries, whose span ids may coincide) never mix.
+static NEXT_LAYER: AtomicU64 = AtomicU64::new(1);
+
+/// `f` applied to the run `(layer, span)` if this thread holds it open.
+#[inline]
+fn local_run<R>(layer: u64, span: &Id, f: impl FnOnce(&mut AgentData) -> R) -> Option<R> {
+    let mut f = Some(f);
+    LOCAL_RUNS
+        .try_with(|local| local.with(layer, span.into_u64(), |run| f.take().map(|f| f(run))))
+        .ok()
+        .flatten()
+        .flatten()
+}
+
+/// Per-span state of an agent (or tool) run: on its thread's stack of open
+/// runs (`open_runs`) for synchronous runs, in the span's extensions for
+/// the others.
 struct AgentData {
     entry: Arc<AgentEntry>,
     kind: RunKind,
@@ -116,6 +149,15 @@ enum Nearest<'a> {
     Agent(&'a AgentData),
     /// A pipeline's state.
     Pipeline(&'a PipelineData),
+}
+
+impl NearestMut<'_> {
+    fn as_ref(&self) -> Nearest<'_> {
+        match self {
+            NearestMut::Agent(agent) => Nearest::Agent(agent),
+            NearestMut::Pipeline(pipeline) => Nearest::Pipeline(pipeline),
+        }
+    }
 }
 
 impl Nearest<'_> {
@@ -194,6 +236,8 @@ pub(crate) struct RunUsage {
 /// has `perfmon.pipeline`, whoever made it: perfmon's guards and macros, or
 /// `#[tracing::instrument(fields(perfmon.agent = "x"))]`.
 pub struct PerfmonLayer<S> {
+    /// Process-unique: keys this layer's runs on the threads' stacks.
+    id: u64,
     recorder: Arc<Recorder>,
     callsites: Callsites,
     /// Open agent spans whose busy time is tracked. While it is zero,
@@ -218,6 +262,7 @@ where
 {
     pub(crate) fn new(recorder: Arc<Recorder>) -> Self {
         PerfmonLayer {
+            id: NEXT_LAYER.fetch_add(1, Ordering::Relaxed),
             recorder,
             callsites: Callsites::new(),
             busy_open: AtomicUsize::new(0),
@@ -239,40 +284,103 @@ where
     /// ancestors, to the first span that is an agent run or a pipeline;
     /// `read` takes what it needs from it. One registry lookup per step
     /// (`SpanRef::scope` would look `first` up a second time).
-    fn nearest<R>(first: Option<SpanRef<'_, S>>, read: impl FnOnce(Nearest<'_>) -> R) -> Option<R> {
+    fn nearest<R>(
+        &self,
+        first: Option<SpanRef<'_, S>>,
+        mut read: impl FnMut(Nearest<'_>) -> R,
+    ) -> Option<R> {
+        self.nearest_mut(first, |n| read(n.as_ref()))
+    }
+
+    /// Like [`nearest`](Self::nearest), with the span's state mutable.
+    fn nearest_mut<R>(
+        &self,
+        first: Option<SpanRef<'_, S>>,
+        mut change: impl FnMut(NearestMut<'_>) -> R,
+    ) -> Option<R> {
         let mut next = first;
         while let Some(span) = next {
-            let ext = span.extensions();
-            if let Some(agent) = ext.get::<AgentData>() {
-                return Some(read(Nearest::Agent(agent)));
+            if let Some(found) = self.state_of(&span, &mut change) {
+                return Some(found);
             }
-            if let Some(pipeline) = ext.get::<PipelineData>() {
-                return Some(read(Nearest::Pipeline(pipeline)));
-            }
-            drop(ext);
             next = span.parent();
         }
         None
     }
 
-    /// Like [`nearest`](Self::nearest), with the span's state mutable.
-    fn nearest_mut<R>(
-        first: Option<SpanRef<'_, S>>,
-        change: impl FnOnce(NearestMut<'_>) -> R,
+    /// Like [`nearest`](Self::nearest), from the span `first`: a run open on
+    /// this thread is found without looking the span up.
+    fn nearest_from_id<R>(
+        &self,
+        ctx: &Context<'_, S>,
+        first: Option<&Id>,
+        mut read: impl FnMut(Nearest<'_>) -> R,
     ) -> Option<R> {
-        let mut next = first;
-        while let Some(span) = next {
-            let mut ext = span.extensions_mut();
-            if let Some(agent) = ext.get_mut::<AgentData>() {
-                return Some(change(NearestMut::Agent(agent)));
-            }
-            if let Some(pipeline) = ext.get_mut::<PipelineData>() {
-                return Some(change(NearestMut::Pipeline(pipeline)));
-            }
-            drop(ext);
-            next = span.parent();
+        let first = first?;
+        if let Some(found) = local_run(self.id, first, |run| read(Nearest::Agent(run))) {
+            return Some(found);
         }
-        None
+        self.nearest(ctx.span(first), read)
+    }
+
+    /// `change` applied to the state of `span`, if it is a run or a pipeline.
+    fn state_of<R>(
+        &self,
+        span: &SpanRef<'_, S>,
+        change: &mut impl FnMut(NearestMut<'_>) -> R,
+    ) -> Option<R> {
+        match self.kind(span.metadata())? {
+            Kind::AgentSync => self.with_sync_run(span, |run| change(NearestMut::Agent(run))),
+            Kind::Agent => {
+                let mut ext = span.extensions_mut();
+                let run = ext.get_mut::<AgentData>()?;
+                Some(change(NearestMut::Agent(run)))
+            }
+            Kind::Pipeline => {
+                let mut ext = span.extensions_mut();
+                let pipeline = ext.get_mut::<PipelineData>()?;
+                Some(change(NearestMut::Pipeline(pipeline)))
+            }
+            Kind::Progress | Kind::Thought | Kind::Output | Kind::Usage => None,
+        }
+    }
+
+    /// `f` applied to the state of the synchronous run `span`: on this
+    /// thread's stack (almost always), in its extensions (opened while this
+    /// thread's stack was gone, at its exit), or on another thread's stack.
+    fn with_sync_run<R>(
+        &self,
+        span: &SpanRef<'_, S>,
+        f: impl FnOnce(&mut AgentData) -> R,
+    ) -> Option<R> {
+        let id = span.id();
+        let mut f = Some(f);
+        if let Some(found) = local_run(self.id, &id, |run| f.take().map(|f| f(run))) {
+            return found;
+        }
+        {
+            let mut ext = span.extensions_mut();
+            if let Some(run) = ext.get_mut::<AgentData>() {
+                return f.take().map(|f| f(run));
+            }
+        }
+        OPEN_RUNS
+            .with_any(self.id, id.into_u64(), |run| f.take().map(|f| f(run)))
+            .flatten()
+    }
+
+    /// `f` applied to the state of the run `span` (of kind `kind`), wherever it is kept.
+    fn with_run<R>(
+        &self,
+        span: &SpanRef<'_, S>,
+        kind: Kind,
+        f: impl FnOnce(&mut AgentData) -> R,
+    ) -> Option<R> {
+        match kind {
+            Kind::AgentSync => self.with_sync_run(span, f),
+            Kind::Agent => span.extensions_mut().get_mut::<AgentData>().map(f),
+            _ => None,
+        }
     }
 
     /// Runs `f` on the busy-time state of the async agent span `id`, with
@@ -308,7 +416,8 @@ where
         self.callsites.get(meta)
     }
 
-    fn open_agent(&self, attrs: &Attributes<'_>, span: &SpanRef<'_, S>, sync: bool) {
+    /// The state of a run that opens with `attrs` at `placement`.
+    fn open_agent(&self, attrs: &Attributes<'_>, placement: Placement, sync: bool) -> AgentData {
         let recorder = &self.recorder;
         let mut name = AgentVisitor::new(&recorder.agents, &recorder.counters.agents_overflowed);
         attrs.record(&mut name);
@@ -318,7 +427,7 @@ where
             pipeline,
             slot,
             parent,
-        } = Self::nearest(span.parent(), |n| n.placement()).unwrap_or_default();
+        } = placement;
         let (ticket, lost) = match &pipeline {
             Some(p) => (
                 p.open_run(&entry.name, kind, slot, start, recorder.system_time(start)),
@@ -339,7 +448,7 @@ where
                 RunKind::Agent => EventKind::AgentStarted { agent, run, parent },
             }
         });
-        span.extensions_mut().insert(AgentData {
+        AgentData {
             entry,
             kind,
             extras: None,
@@ -351,7 +460,7 @@ where
             children: OnceLock::new(),
             parent,
             lost,
-        });
+        }
     }
 
     fn open_pipeline(&self, attrs: &Attributes<'_>, span: &SpanRef<'_, S>) {
@@ -372,7 +481,6 @@ where
             self.busy_open.fetch_sub(1, Ordering::Relaxed);
         }
         let busy = data.busy.and_then(|b| b.entered.then_some(b.total));
-        let outcome = data.outcome.map(|o| *o).unwrap_or_default();
         // Self time: wall minus what the runs nested in it covered (those
         // that finished before it did); then this run covers part of its parent.
         let self_time = match data.children.get() {
@@ -385,36 +493,27 @@ where
                 end.saturating_duration_since(parent.start),
             );
         }
-        let usage = data
-            .extras
-            .as_ref()
-            .map(|e| e.usage)
-            .filter(|u| !u.is_zero());
-        data.entry
-            .run_finished(duration, self_time, &outcome, usage);
+        let timing = Timing {
+            wall: duration,
+            self_time,
+            busy,
+        };
         let kind = data.kind;
-        if let Some(pipeline) = &data.pipeline {
-            pipeline.close_run(
-                data.ticket,
-                &data.entry.name,
-                Timing {
-                    wall: duration,
-                    self_time,
-                    busy,
-                },
-                &outcome,
-                data.extras,
-            );
-        }
         if data.pipeline.is_none() && (data.lost || recorder.active_count() > 0) {
             self.lost_run(&data.entry.name);
         }
-        let pipeline_id = data.pipeline.as_ref().map(|p| Arc::clone(&p.id));
-        let run = data.pipeline.as_ref().map(|p| p.run);
-        recorder.publish(pipeline_id, end, || {
+        if recorder.bus.is_active() {
+            let pipeline_id = data.pipeline.as_ref().map(|p| Arc::clone(&p.id));
+            let run = data.pipeline.as_ref().map(|p| p.run);
             let agent = Arc::clone(&data.entry.name);
-            let usage = usage.map(|u| u.to_usage());
-            match kind {
+            let usage = data
+                .extras
+                .as_ref()
+                .map(|e| e.usage)
+                .filter(|u| !u.is_zero())
+                .map(|u| u.to_usage());
+            let outcome = data.outcome.as_deref().cloned().unwrap_or_default();
+            recorder.publish(pipeline_id, end, || match kind {
                 RunKind::Tool => EventKind::ToolCompleted {
                     agent,
                     duration,
@@ -433,7 +532,21 @@ where
                     run,
                     usage,
                 },
-            }
+            });
+        }
+        // Counted in the agent's statistics and the pipeline in a batch
+        // (`pending`); every read flushes first.
+        if recorder.config.metrics {
+            let has_usage = data.extras.as_ref().is_some_and(|e| !e.usage.is_zero());
+            let outcome = data.outcome.as_deref().unwrap_or(&Outcome::Succeeded);
+            data.entry.prepare_metrics(outcome, has_usage);
+        }
+        pending::push(Finished {
+            entry: data.entry,
+            pipeline: data.pipeline.map(|p| (p, data.ticket)),
+            timing,
+            outcome: data.outcome,
+            extras: data.extras,
         });
     }
 
@@ -490,11 +603,45 @@ where
         let Some(kind) = self.kind(attrs.metadata()) else {
             return;
         };
-        let Some(span) = ctx.span(id) else { return };
         match kind {
-            Kind::Agent => self.open_agent(attrs, &span, false),
-            Kind::AgentSync => self.open_agent(attrs, &span, true),
-            Kind::Pipeline => self.open_pipeline(attrs, &span),
+            Kind::AgentSync => {
+                // Kept on this thread's stack of open runs: no registry
+                // lookup of the new span, no extension.
+                let parent = if let Some(parent) = attrs.parent() {
+                    Some(parent.clone())
+                } else if attrs.is_contextual() {
+                    ctx.current_span().id().cloned()
+                } else {
+                    None
+                };
+                let placement = self
+                    .nearest_from_id(&ctx, parent.as_ref(), |n| n.placement())
+                    .unwrap_or_default();
+                let mut run = Some(self.open_agent(attrs, placement, true));
+                let _ = LOCAL_RUNS.try_with(|local| {
+                    if let Some(run) = run.take() {
+                        local.push(self.id, id.into_u64(), run);
+                    }
+                });
+                // This thread is exiting (its stack is gone): the extensions.
+                if let Some(run) = run
+                    && let Some(span) = ctx.span(id)
+                {
+                    span.extensions_mut().insert(run);
+                }
+            }
+            Kind::Agent => {
+                let Some(span) = ctx.span(id) else { return };
+                let placement = self
+                    .nearest(span.parent(), |n| n.placement())
+                    .unwrap_or_default();
+                let run = self.open_agent(attrs, placement, false);
+                span.extensions_mut().insert(run);
+            }
+            Kind::Pipeline => {
+                let Some(span) = ctx.span(id) else { return };
+                self.open_pipeline(attrs, &span);
+            }
             Kind::Progress | Kind::Thought | Kind::Output | Kind::Usage => {}
         }
     }
@@ -509,22 +656,29 @@ where
         if visitor.is_empty() {
             return;
         }
-        let mut ext = span.extensions_mut();
         match kind {
             Kind::Agent | Kind::AgentSync => {
-                let Some(data) = ext.get_mut::<AgentData>() else {
-                    return;
-                };
-                data.outcome = match visitor.agent_outcome(data.outcome.take().map(|o| *o)) {
-                    Ok(outcome) => outcome.map(Box::new),
-                    Err(err) => Some(Box::new(self.unknown_outcome(
-                        &err,
-                        Some(Arc::clone(&data.entry.name)),
-                        data.pipeline.as_ref().map(|p| Arc::clone(&p.id)),
-                    ))),
-                };
+                let unknown = self.with_run(&span, kind, |data| {
+                    match visitor.agent_outcome(data.outcome.take().map(|o| *o)) {
+                        Ok(outcome) => {
+                            data.outcome = outcome.map(Box::new);
+                            None
+                        }
+                        Err(err) => Some((
+                            err,
+                            Arc::clone(&data.entry.name),
+                            data.pipeline.as_ref().map(|p| Arc::clone(&p.id)),
+                        )),
+                    }
+                });
+                // Published outside the run's lock: nothing runs under it.
+                if let Some(Some((err, agent, pipeline))) = unknown {
+                    let outcome = self.unknown_outcome(&err, Some(agent), pipeline);
+                    self.with_run(&span, kind, |data| data.outcome = Some(Box::new(outcome)));
+                }
             }
             Kind::Pipeline => {
+                let mut ext = span.extensions_mut();
                 let Some(data) = ext.get_mut::<PipelineData>() else {
                     return;
                 };
@@ -553,18 +707,17 @@ where
         let (Some(span), Some(cause)) = (ctx.span(id), ctx.span(follows)) else {
             return;
         };
-        if !self.kind(span.metadata()).is_some_and(Kind::is_agent) {
+        let Some(kind) = self.kind(span.metadata()).filter(|k| k.is_agent()) else {
             return;
-        }
-        let Some((Some(pipeline), slot)) = Self::nearest(Some(cause), |n| n.pipeline_and_slot())
+        };
+        let Some((Some(pipeline), slot)) = self.nearest(Some(cause), |n| n.pipeline_and_slot())
         else {
             return;
         };
-        let mut ext = span.extensions_mut();
-        let Some(data) = ext.get_mut::<AgentData>() else {
-            return;
-        };
-        if data.pipeline.is_none() {
+        self.with_run(&span, kind, |data| {
+            if data.pipeline.is_some() {
+                return;
+            }
             data.ticket = pipeline.open_run(
                 &data.entry.name,
                 data.kind,
@@ -573,7 +726,7 @@ where
                 self.recorder.system_time(data.start),
             );
             data.pipeline = Some(pipeline);
-        }
+        });
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
@@ -608,7 +761,7 @@ where
             _ => {}
         }
         let Some((agent, pipeline)) =
-            Self::nearest(ctx.event_span(event), |n| n.agent_and_pipeline())
+            self.nearest(ctx.event_span(event), |n| n.agent_and_pipeline())
         else {
             return;
         };
@@ -655,15 +808,15 @@ where
                 event.record(&mut v);
                 if let Some(error) = v.run_error()
                     && let Some(span) = ctx.event_span(event)
+                    && let Some(kind) = self.kind(span.metadata())
                 {
-                    let mut ext = span.extensions_mut();
-                    if let Some(data) = ext.get_mut::<AgentData>()
-                        && data.outcome.is_none()
-                    {
-                        data.outcome = Some(Box::new(Outcome::Failed {
-                            error: error.clone(),
-                        }));
-                    }
+                    self.with_run(&span, kind, |data| {
+                        if data.outcome.is_none() {
+                            data.outcome = Some(Box::new(Outcome::Failed {
+                                error: error.clone(),
+                            }));
+                        }
+                    });
                 }
                 recorder.publish(pipeline_id, at, || EventKind::Error {
                     agent,
@@ -674,6 +827,11 @@ where
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        // A synchronous run closing on the thread that opened it (nearly
+        // all of them): no registry lookup.
+        if let Ok(Some(run)) = LOCAL_RUNS.try_with(|local| local.take(self.id, id.into_u64())) {
+            return self.close_agent(run);
+        }
         let Some(span) = ctx.span(&id) else { return };
         let Some(kind) = self.kind(span.metadata()) else {
             return;
@@ -681,9 +839,16 @@ where
         let mut ext = span.extensions_mut();
         match kind {
             Kind::Agent | Kind::AgentSync => {
-                if let Some(data) = ext.remove::<AgentData>() {
-                    drop(ext);
-                    self.close_agent(data);
+                let run = ext.remove::<AgentData>();
+                drop(ext);
+                let run = match run {
+                    Some(run) => Some(run),
+                    // Closed on another thread than its own.
+                    None if kind == Kind::AgentSync => OPEN_RUNS.take_any(self.id, id.into_u64()),
+                    None => None,
+                };
+                if let Some(run) = run {
+                    self.close_agent(run);
                 }
             }
             Kind::Pipeline => {

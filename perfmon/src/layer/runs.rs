@@ -15,9 +15,9 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use super::visitors::{OutputVisitor, UsageVisitor};
-#[cfg(feature = "otel")]
-use super::{AgentData, PipelineData, RunUsage, WithRunUsage};
 use super::{NearestMut, PerfmonLayer};
+#[cfg(feature = "otel")]
+use super::{RunUsage, WithRunUsage};
 use crate::events::EventKind;
 use crate::output;
 use crate::record::OutputLine;
@@ -77,22 +77,26 @@ where
     #[cfg(feature = "otel")]
     pub(super) fn run_usage(dispatch: &Dispatch, id: &Id) -> Option<RunUsage> {
         let subscriber = dispatch.downcast_ref::<S>()?;
+        let layer = dispatch.downcast_ref::<Self>()?;
         let mut next = subscriber.span(id);
         while let Some(span) = next {
-            let ext = span.extensions();
-            if let Some(run) = ext.get::<AgentData>() {
-                let extras = run.extras.as_ref()?;
+            let mut usage_of = |nearest: NearestMut<'_>| match nearest {
+                NearestMut::Agent(run) => Some(
+                    run.extras
+                        .as_ref()
+                        .map(|extras| (extras.usage, extras.model.clone())),
+                ),
+                NearestMut::Pipeline(_) => None,
+            };
+            if let Some(found) = layer.state_of(&span, &mut usage_of) {
+                let (usage, model) = found??;
                 return Some(RunUsage {
                     id: span.id(),
                     meta: span.metadata(),
-                    usage: extras.usage,
-                    model: extras.model.clone(),
+                    usage,
+                    model,
                 });
             }
-            if ext.get::<PipelineData>().is_some() {
-                return None;
-            }
-            drop(ext);
             next = span.parent();
         }
         None
@@ -107,7 +111,7 @@ where
         event.record(&mut v);
         let (line, cut) = output::cut(v.line.unwrap_or_default(), config.max_output_line_bytes);
         let stream: Arc<str> = Arc::from(v.stream.as_deref().unwrap_or("out"));
-        let found = Self::nearest_mut(ctx.event_span(event), |nearest| {
+        let found = self.nearest_mut(ctx.event_span(event), |nearest| {
             let NearestMut::Agent(run) = nearest else {
                 return None;
             };
@@ -151,12 +155,12 @@ where
         let mut v = UsageVisitor::default();
         event.record(&mut v);
         let usage = v.usage();
-        let model = v.model;
-        let found = Self::nearest_mut(ctx.event_span(event), |nearest| match nearest {
+        let mut model = v.model;
+        let found = self.nearest_mut(ctx.event_span(event), |nearest| match nearest {
             NearestMut::Agent(run) => {
                 let extras = run.extras.get_or_insert_with(Box::default);
                 extras.usage.add(usage);
-                if let Some(model) = model {
+                if let Some(model) = model.take() {
                     extras.model = Some(Arc::from(model));
                 }
             }

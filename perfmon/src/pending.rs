@@ -1,0 +1,310 @@
+//! Finished runs on their way to the statistics: each thread keeps the
+//! runs it closed in a bounded buffer of its own, and they reach their
+//! agents' statistics (and `metrics`) and their pipelines in batches.
+//!
+//! This takes the statistics update (the agent's mutex, its histogram, the
+//! `metrics` recorder) and the pipeline update (its mutex, its per-agent
+//! totals) off the moment a span closes: the closing thread only appends
+//! a small record under a lock no other thread takes, except a flush.
+//!
+//! When the records are applied:
+//! - by the closing thread itself when its buffer holds [`CAPACITY`] runs,
+//!   the collector being behind (memory is bounded; nothing is dropped);
+//! - by [`flush`], which every read of statistics or of a pipeline calls
+//!   first (`Recorder::entries`, `Recorder::finish_pipeline`, reports so
+//!   far, snapshots), so every read is exact: a run whose span closed
+//!   before the read began is counted in it;
+//! - by the process's collector thread (`perfmon-runs`, while any monitor
+//!   lives), woken when a buffer holds [`WAKE_AT`] runs and every
+//!   [`FLUSH_EVERY`] otherwise: the `metrics` recorder (which a Prometheus
+//!   scrape reads without asking perfmon) and live figures stay at most
+//!   that far behind;
+//! - when a thread exits, by its buffer's destructor, and at once for runs
+//!   that close after it (in other thread-local destructors).
+//!
+//! Imports the statistics and the pipeline state; the layer (which
+//! pushes) and the recorder (which flushes) are above it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+use crate::outcome::Outcome;
+use crate::pipeline::{PipelineState, RunExtras, Ticket, Timing};
+use crate::stats::AgentEntry;
+use crate::sync::lock;
+
+/// Runs a thread keeps before it applies them itself (about 64 bytes
+/// each, twice: the buffer and the batch being applied).
+pub(crate) const CAPACITY: usize = 1024;
+
+/// At this many runs in its buffer, a thread wakes the collector (once per
+/// batch: a wake is a system call when the collector sleeps).
+pub(crate) const WAKE_AT: usize = 256;
+
+/// How often the collector applies every thread's runs when no buffer
+/// asked it to.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// One finished run, as the layer measured it.
+pub(crate) struct Finished {
+    pub(crate) entry: Arc<AgentEntry>,
+    /// Its pipeline and its place there, if it ran in one.
+    pub(crate) pipeline: Option<(Arc<PipelineState>, Ticket)>,
+    pub(crate) timing: Timing,
+    /// Boxed, and only for runs that did not simply succeed: most records
+    /// stay small enough to move without a `memcpy` call.
+    pub(crate) outcome: Option<Box<Outcome>>,
+    pub(crate) extras: Option<Box<RunExtras>>,
+}
+
+impl Finished {
+    /// Counts the run in its agent's statistics and its pipeline.
+    pub(crate) fn apply(self) {
+        let outcome = self.outcome.map(|o| *o).unwrap_or_default();
+        let usage = self
+            .extras
+            .as_ref()
+            .map(|e| e.usage)
+            .filter(|u| !u.is_zero());
+        self.entry
+            .run_finished(self.timing.wall, self.timing.self_time, &outcome, usage);
+        if let Some((pipeline, ticket)) = self.pipeline {
+            pipeline.close_run(ticket, &self.entry.name, self.timing, &outcome, self.extras);
+        }
+    }
+}
+
+/// One thread's buffer.
+struct Buffer {
+    /// Appended to by its thread; taken whole by whoever applies them.
+    runs: Mutex<Vec<Finished>>,
+    /// Held while a batch taken from `runs` is applied (and holding the
+    /// batch, to keep its capacity): a flush that finds `runs` empty waits
+    /// here for a batch another flush took but has not applied yet, so that
+    /// it never returns before every run closed earlier is counted.
+    applying: Mutex<Vec<Finished>>,
+}
+
+impl Buffer {
+    /// Applies every run in the buffer.
+    fn drain(&self) {
+        let mut batch = lock(&self.applying);
+        std::mem::swap(&mut *batch, &mut *lock(&self.runs));
+        for run in batch.drain(..) {
+            run.apply();
+        }
+    }
+}
+
+/// Every live thread's buffer, for [`flush`].
+static BUFFERS: Mutex<Vec<Arc<Buffer>>> = Mutex::new(Vec::new());
+
+/// This thread's buffer, registered in [`BUFFERS`] while the thread lives.
+struct Local(Arc<Buffer>);
+
+impl Local {
+    fn register() -> Self {
+        let buffer = Arc::new(Buffer {
+            runs: Mutex::new(Vec::with_capacity(CAPACITY)),
+            applying: Mutex::new(Vec::with_capacity(CAPACITY)),
+        });
+        lock(&BUFFERS).push(Arc::clone(&buffer));
+        Local(buffer)
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        // The thread is exiting: count what it left, and forget it.
+        self.0.drain();
+        lock(&BUFFERS).retain(|b| !Arc::ptr_eq(b, &self.0));
+    }
+}
+
+thread_local! {
+    static LOCAL: Local = Local::register();
+}
+
+/// Hands a finished run over; applies it at once on a thread that is
+/// past its buffer's destructor.
+#[inline]
+pub(crate) fn push(run: Finished) {
+    let mut run = Some(run);
+    let _ = LOCAL.try_with(|local| {
+        let mut runs = lock(&local.0.runs);
+        if let Some(run) = run.take() {
+            runs.push(run);
+        }
+        let len = runs.len();
+        if len == WAKE_AT {
+            drop(runs);
+            wake();
+        } else if len >= CAPACITY {
+            // The collector is behind: this thread applies its own.
+            drop(runs);
+            local.0.drain();
+        }
+    });
+    if let Some(run) = run {
+        run.apply();
+    }
+}
+
+/// Applies every thread's finished runs. Returns once every run whose span
+/// closed before the call began is counted.
+pub(crate) fn flush() {
+    let buffers: Vec<Arc<Buffer>> = lock(&BUFFERS).clone();
+    for buffer in &buffers {
+        buffer.drain();
+    }
+}
+
+/// The process's collector thread, shared by every monitor alive: it
+/// applies every thread's runs when one of them asks (a buffer reached
+/// [`WAKE_AT`]) and every [`FLUSH_EVERY`] otherwise.
+struct Collector {
+    /// Monitors holding a [`CollectorUse`].
+    users: usize,
+    /// The running thread and its stop flag.
+    thread: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+static COLLECTOR: Mutex<Collector> = Mutex::new(Collector {
+    users: 0,
+    thread: None,
+});
+
+/// The collector thread, for the buffers to wake.
+static WAKER: Mutex<Option<Thread>> = Mutex::new(None);
+
+/// Wakes the collector, if one runs.
+#[cold]
+fn wake() {
+    if let Some(thread) = lock(&WAKER).as_ref() {
+        thread.unpark();
+    }
+}
+
+/// A monitor's share of the collector thread: the first one starts it,
+/// dropping the last one stops and joins it (after a last flush).
+#[derive(Debug)]
+pub(crate) struct CollectorUse(());
+
+impl CollectorUse {
+    /// Counts one more user, starting the thread `perfmon-runs` if none runs.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not be spawned. Runs are still counted: by the
+    /// threads that close them (a full buffer) and by every read.
+    pub(crate) fn acquire() -> std::io::Result<CollectorUse> {
+        let mut collector = lock(&COLLECTOR);
+        if collector.thread.is_none() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let stopped = Arc::clone(&stop);
+            let handle = std::thread::Builder::new()
+                .name("perfmon-runs".into())
+                .spawn(move || {
+                    while !stopped.load(Ordering::Acquire) {
+                        std::thread::park_timeout(FLUSH_EVERY);
+                        flush();
+                    }
+                })?;
+            *lock(&WAKER) = Some(handle.thread().clone());
+            collector.thread = Some((stop, handle));
+        }
+        collector.users += 1;
+        Ok(CollectorUse(()))
+    }
+}
+
+impl Drop for CollectorUse {
+    fn drop(&mut self) {
+        let stopping = {
+            let mut collector = lock(&COLLECTOR);
+            collector.users = collector.users.saturating_sub(1);
+            if collector.users == 0 {
+                *lock(&WAKER) = None;
+                collector.thread.take()
+            } else {
+                None
+            }
+        };
+        if let Some((stop, handle)) = stopping {
+            stop.store(true, Ordering::Release);
+            handle.thread().unpark();
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RunKind;
+
+    fn run(entry: &Arc<AgentEntry>, ms: u64) -> Finished {
+        entry.run_started();
+        Finished {
+            entry: Arc::clone(entry),
+            pipeline: None,
+            timing: Timing {
+                wall: Duration::from_millis(ms),
+                self_time: Duration::from_millis(ms),
+                busy: None,
+            },
+            outcome: None,
+            extras: None,
+        }
+    }
+
+    #[test]
+    fn a_thread_that_exits_applies_what_it_buffered() {
+        let entry = Arc::new(AgentEntry::new(Arc::from("exit"), RunKind::Agent, false));
+        let e = Arc::clone(&entry);
+        std::thread::spawn(move || {
+            for ms in 1..=5 {
+                push(run(&e, ms));
+            }
+        })
+        .join()
+        .unwrap();
+        // No flush: the thread's buffer was applied as it exited.
+        assert_eq!(entry.counts(), (5, 0));
+        assert_eq!(entry.stats().running, 0);
+    }
+
+    #[test]
+    fn a_flush_applies_every_live_threads_runs_and_a_full_buffer_applies_itself() {
+        let entry = Arc::new(AgentEntry::new(Arc::from("flush"), RunKind::Agent, false));
+        let (pushed_tx, pushed_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let e = Arc::clone(&entry);
+        let worker = std::thread::spawn(move || {
+            for _ in 0..3 {
+                push(run(&e, 2));
+            }
+            pushed_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+            // More than a buffer holds: the thread applies its own.
+            for _ in 0..CAPACITY {
+                push(run(&e, 2));
+            }
+            pushed_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+        });
+        pushed_rx.recv().unwrap();
+        flush();
+        assert_eq!(entry.counts().0, 3);
+        done_tx.send(()).unwrap();
+        pushed_rx.recv().unwrap();
+        // Its buffer filled up: the thread applied all of it, unasked.
+        assert_eq!(entry.counts().0, 3 + CAPACITY as u64);
+        done_tx.send(()).unwrap();
+        worker.join().unwrap();
+    }
+}
