@@ -24,13 +24,29 @@
 //! `pipelines-events` (the same with an event subscriber, as a sidecar
 //! makes: every run publishes events), `pipelines-fleet` (the same
 //! publishing to the Redis at `PERFMON_REDIS`, e.g. redis://127.0.0.1:6379),
-//! `none` (`perfmon::agent` with no subscriber). See BENCHMARKS.md.
+//! `none` (`perfmon::agent` with no subscriber), `none-bare` (the baseline's
+//! span with no subscriber: a disabled span). See BENCHMARKS.md.
 
 use std::future::Future;
 use std::hint::black_box;
 
 use tracing::field::Empty;
 use tracing_subscriber::prelude::*;
+
+/// The baseline: the span `perfmon::agent` makes, with the same fields,
+/// entered and closed, and no perfmon code.
+#[inline(always)]
+fn bare_span() {
+    let span = tracing::info_span!(
+        target: "perfmon",
+        "agent",
+        perfmon.agent = "geometry",
+        perfmon.sync = Empty,
+        perfmon.outcome = Empty,
+        perfmon.error = Empty,
+    );
+    drop(black_box(span.entered()));
+}
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "perfmon".into());
@@ -82,15 +98,7 @@ fn main() {
             let registry = tracing::Dispatch::new(tracing_subscriber::registry());
             tracing::dispatcher::with_default(&registry, || {
                 for _ in 0..runs {
-                    let span = tracing::info_span!(
-                        target: "perfmon",
-                        "agent",
-                        perfmon.agent = "geometry",
-                        perfmon.sync = Empty,
-                        perfmon.outcome = Empty,
-                        perfmon.error = Empty,
-                    );
-                    drop(black_box(span.entered()));
+                    bare_span();
                 }
             });
         }
@@ -157,9 +165,14 @@ fn main() {
                 drop(black_box(perfmon::agent("geometry")));
             }
         }
+        "none-bare" => {
+            for _ in 0..runs {
+                bare_span();
+            }
+        }
         other => {
             eprintln!(
-                "unknown mode {other:?}: registry | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-registry | none"
+                "unknown mode {other:?}: registry | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-registry | none | none-bare"
             );
             std::process::exit(2);
         }

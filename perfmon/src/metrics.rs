@@ -312,6 +312,12 @@ impl AgentMetrics {
         }
     }
 
+    /// Whether runs are exported through the `metrics` facade.
+    #[inline]
+    pub(crate) fn enabled(&self) -> bool {
+        self.agent.is_some()
+    }
+
     /// Registers, on the calling thread, the handles that a run with
     /// `outcome` (and usage, if `usage`) will record into. Runs are recorded
     /// in batches, often on another thread (`pending`); the handles must

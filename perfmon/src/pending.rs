@@ -1,24 +1,37 @@
 //! Finished runs on their way to the statistics: each thread keeps the
-//! runs it closed in a bounded buffer of its own, and they reach their
-//! agents' statistics (and `metrics`) and their pipelines in batches.
+//! synchronous runs it closed in a bounded buffer of its own, and they
+//! reach their agents' statistics (and `metrics`) and their pipelines in
+//! batches. (A future's run is applied when it closes: measured, the
+//! buffer cost futures more than it saved.)
 //!
 //! This takes the statistics update (the agent's mutex, its histogram, the
 //! `metrics` recorder) and the pipeline update (its mutex, its per-agent
 //! totals) off the moment a span closes: the closing thread only appends
-//! a small record under a lock no other thread takes, except a flush.
+//! a small record under a lock no other thread takes, except a flush. In a
+//! batch, consecutive runs of one agent take its lock once, and those of
+//! one pipeline its lock once.
+//!
+//! Who applies a batch was chosen by measuring (BENCHMARKS.md, issue 16):
+//! - runs that export no `metrics`: the closing thread, at [`BATCH`]
+//!   runs. Handing them to another thread cost more CPU in all (the
+//!   records' cache lines and the pipeline's lock travel between cores, a
+//!   wake is a system call) for little less on the closing thread;
+//! - runs that export `metrics`: the collector thread, woken at [`BATCH`]
+//!   runs. Recording into a `metrics` recorder (Prometheus's histograms)
+//!   is most of such a run's cost; the closing thread applies them itself
+//!   only when [`CAPACITY`] runs wait (the collector is behind: memory is
+//!   bounded; nothing is dropped).
 //!
 //! When the records are applied:
-//! - by the closing thread itself when its buffer holds [`CAPACITY`] runs,
-//!   the collector being behind (memory is bounded; nothing is dropped);
+//! - by the closing thread, as above;
 //! - by [`flush`], which every read of statistics or of a pipeline calls
 //!   first (`Recorder::entries`, `Recorder::finish_pipeline`, reports so
 //!   far, snapshots), so every read is exact: a run whose span closed
 //!   before the read began is counted in it;
 //! - by the process's collector thread (`perfmon-runs`, while any monitor
-//!   lives), woken when a buffer holds [`WAKE_AT`] runs and every
-//!   [`FLUSH_EVERY`] otherwise: the `metrics` recorder (which a Prometheus
-//!   scrape reads without asking perfmon) and live figures stay at most
-//!   that far behind;
+//!   lives) when woken, and every [`FLUSH_EVERY`]: the `metrics` recorder
+//!   (which a Prometheus scrape reads without asking perfmon) and a quiet
+//!   thread's runs are at most that far behind;
 //! - when a thread exits, by its buffer's destructor, and at once for runs
 //!   that close after it (in other thread-local destructors).
 //!
@@ -32,19 +45,20 @@ use std::time::Duration;
 
 use crate::outcome::Outcome;
 use crate::pipeline::{PipelineState, RunExtras, Ticket, Timing};
-use crate::stats::AgentEntry;
+use crate::stats::{AgentEntry, FinishedRun};
 use crate::sync::lock;
 
-/// Runs a thread keeps before it applies them itself (about 64 bytes
-/// each, twice: the buffer and the batch being applied).
+/// Runs a thread applies itself, in one batch, when they export no
+/// `metrics`.
+pub(crate) const BATCH: usize = 256;
+
+/// Runs a thread keeps at most (about 80 bytes each, twice: the buffer and
+/// the batch being applied): past [`BATCH`], runs that export `metrics`
+/// wait for the collector, woken at `BATCH`; at this many the thread
+/// applies them itself.
 pub(crate) const CAPACITY: usize = 1024;
 
-/// At this many runs in its buffer, a thread wakes the collector (once per
-/// batch: a wake is a system call when the collector sleeps).
-pub(crate) const WAKE_AT: usize = 256;
-
-/// How often the collector applies every thread's runs when no buffer
-/// asked it to.
+/// How often the collector applies every thread's runs when not woken.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// One finished run, as the layer measured it.
@@ -76,6 +90,59 @@ impl Finished {
     }
 }
 
+/// Applies `batch` and empties it (keeping its capacity). Consecutive runs
+/// of one agent take its statistics lock once, and consecutive runs of one
+/// pipeline its lock once: a thread's runs come in such groups.
+fn apply_all(batch: &mut Vec<Finished>) {
+    let mut views = Vec::new();
+    for group in batch.chunk_by(|a, b| Arc::ptr_eq(&a.entry, &b.entry)) {
+        views.clear();
+        views.extend(group.iter().map(|run| {
+            FinishedRun {
+                wall: run.timing.wall,
+                self_time: run.timing.self_time,
+                outcome: run.outcome.as_deref().unwrap_or(&SUCCEEDED),
+                usage: run
+                    .extras
+                    .as_ref()
+                    .map(|e| e.usage)
+                    .filter(|u| !u.is_zero()),
+            }
+        }));
+        if let Some(first) = group.first() {
+            first.entry.runs_finished(&views);
+        }
+    }
+    drop(views);
+    let same_pipeline = |a: &Finished, b: &Finished| match (&a.pipeline, &b.pipeline) {
+        (Some((a, _)), Some((b, _))) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
+    for group in batch.chunk_by_mut(same_pipeline) {
+        let Some(Some((pipeline, _))) = group.first().map(|run| run.pipeline.clone()) else {
+            continue;
+        };
+        pipeline.closing(|closer| {
+            for run in group.iter_mut() {
+                if let Some((_, ticket)) = &run.pipeline {
+                    let outcome = run.outcome.as_deref().unwrap_or(&SUCCEEDED);
+                    closer.close(
+                        *ticket,
+                        &run.entry.name,
+                        run.timing,
+                        outcome,
+                        run.extras.take(),
+                    );
+                }
+            }
+        });
+    }
+    batch.clear();
+}
+
+/// The outcome of a run that recorded none.
+static SUCCEEDED: Outcome = Outcome::Succeeded;
+
 /// One thread's buffer.
 struct Buffer {
     /// Appended to by its thread; taken whole by whoever applies them.
@@ -92,9 +159,7 @@ impl Buffer {
     fn drain(&self) {
         let mut batch = lock(&self.applying);
         std::mem::swap(&mut *batch, &mut *lock(&self.runs));
-        for run in batch.drain(..) {
-            run.apply();
-        }
+        apply_all(&mut batch);
     }
 }
 
@@ -107,8 +172,8 @@ struct Local(Arc<Buffer>);
 impl Local {
     fn register() -> Self {
         let buffer = Arc::new(Buffer {
-            runs: Mutex::new(Vec::with_capacity(CAPACITY)),
-            applying: Mutex::new(Vec::with_capacity(CAPACITY)),
+            runs: Mutex::new(Vec::with_capacity(BATCH)),
+            applying: Mutex::new(Vec::with_capacity(BATCH)),
         });
         lock(&BUFFERS).push(Arc::clone(&buffer));
         Local(buffer)
@@ -134,15 +199,14 @@ pub(crate) fn push(run: Finished) {
     let mut run = Some(run);
     let _ = LOCAL.try_with(|local| {
         let mut runs = lock(&local.0.runs);
-        if let Some(run) = run.take() {
-            runs.push(run);
-        }
+        let Some(run) = run.take() else { return };
+        let metrics = run.entry.exports_metrics();
+        runs.push(run);
         let len = runs.len();
-        if len == WAKE_AT {
+        if len == BATCH && metrics {
             drop(runs);
             wake();
-        } else if len >= CAPACITY {
-            // The collector is behind: this thread applies its own.
+        } else if len >= CAPACITY || (len >= BATCH && !metrics) {
             drop(runs);
             local.0.drain();
         }
@@ -162,8 +226,8 @@ pub(crate) fn flush() {
 }
 
 /// The process's collector thread, shared by every monitor alive: it
-/// applies every thread's runs when one of them asks (a buffer reached
-/// [`WAKE_AT`]) and every [`FLUSH_EVERY`] otherwise.
+/// applies every thread's runs when a buffer of runs that export `metrics`
+/// reaches [`BATCH`], and every [`FLUSH_EVERY`].
 struct Collector {
     /// Monitors holding a [`CollectorUse`].
     users: usize,
@@ -290,8 +354,8 @@ mod tests {
             }
             pushed_tx.send(()).unwrap();
             let _ = done_rx.recv();
-            // More than a buffer holds: the thread applies its own.
-            for _ in 0..CAPACITY {
+            // A batch: the thread applies it itself (no `metrics` here).
+            for _ in 0..BATCH {
                 push(run(&e, 2));
             }
             pushed_tx.send(()).unwrap();
@@ -302,8 +366,8 @@ mod tests {
         assert_eq!(entry.counts().0, 3);
         done_tx.send(()).unwrap();
         pushed_rx.recv().unwrap();
-        // Its buffer filled up: the thread applied all of it, unasked.
-        assert_eq!(entry.counts().0, 3 + CAPACITY as u64);
+        // A batch filled up: the thread applied all of it, unasked.
+        assert_eq!(entry.counts().0, 3 + BATCH as u64);
         done_tx.send(()).unwrap();
         worker.join().unwrap();
     }

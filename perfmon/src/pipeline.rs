@@ -214,7 +214,30 @@ impl PipelineState {
         outcome: &Outcome,
         extras: Option<Box<RunExtras>>,
     ) {
-        let mut record = self.lock();
+        self.closing(|closer| closer.close(ticket, agent, timing, outcome, extras));
+    }
+
+    /// Records the ends of runs with one lock: `f` calls
+    /// [`Closer::close`] for each.
+    pub(crate) fn closing<R>(&self, f: impl FnOnce(&mut Closer<'_>) -> R) -> R {
+        f(&mut Closer(self.lock()))
+    }
+}
+
+/// A pipeline's record, locked for closing runs.
+pub(crate) struct Closer<'a>(MutexGuard<'a, Record>);
+
+impl Closer<'_> {
+    /// Records the end of a run opened with `open_run`.
+    pub(crate) fn close(
+        &mut self,
+        ticket: Ticket,
+        agent: &Arc<str>,
+        timing: Timing,
+        outcome: &Outcome,
+        extras: Option<Box<RunExtras>>,
+    ) {
+        let record = &mut *self.0;
         if record.report.is_some() || ticket == Ticket::Late {
             return;
         }
@@ -237,7 +260,9 @@ impl PipelineState {
             });
         }
     }
+}
 
+impl PipelineState {
     /// Adds `usage!` reported inside the pipeline but outside any run.
     pub(crate) fn add_usage(&self, usage: UsageSum) {
         let mut record = self.lock();

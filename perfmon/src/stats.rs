@@ -244,6 +244,37 @@ struct StatsCell {
     usage: UsageSum,
 }
 
+/// One finished run, as the statistics take it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FinishedRun<'a> {
+    pub(crate) wall: Duration,
+    pub(crate) self_time: Duration,
+    pub(crate) outcome: &'a Outcome,
+    pub(crate) usage: Option<UsageSum>,
+}
+
+impl StatsCell {
+    fn record(&mut self, run: &FinishedRun<'_>) {
+        let ns = u64::try_from(run.wall.as_nanos()).unwrap_or(u64::MAX);
+        let self_ns = u64::try_from(run.self_time.as_nanos()).unwrap_or(u64::MAX);
+        self.runs += 1;
+        self.failures += u64::from(run.outcome.is_failure());
+        self.total_ns += u128::from(ns);
+        self.min_ns = self.min_ns.min(ns);
+        self.max_ns = self.max_ns.max(ns);
+        self.by_outcome[run.outcome.index()].record(ns);
+        if self_ns != ns {
+            self.nested_wall.record(ns);
+            self.nested_self.record(self_ns);
+            self.nested_self_min_ns = self.nested_self_min_ns.min(self_ns);
+            self.nested_self_max_ns = self.nested_self_max_ns.max(self_ns);
+        }
+        if let Some(usage) = run.usage {
+            self.usage.add(usage);
+        }
+    }
+}
+
 /// Runs of one agent that ended with one outcome.
 #[derive(Debug, Clone)]
 pub(crate) struct OutcomeCell {
@@ -309,6 +340,12 @@ impl AgentEntry {
         self.metrics.prepare(outcome, usage);
     }
 
+    /// Whether this agent's runs are exported through the `metrics` facade.
+    #[inline]
+    pub(crate) fn exports_metrics(&self) -> bool {
+        self.metrics.enabled()
+    }
+
     pub(crate) fn run_started(&self) {
         self.running.fetch_add(1, Ordering::Relaxed);
     }
@@ -321,30 +358,29 @@ impl AgentEntry {
         outcome: &Outcome,
         usage: Option<UsageSum>,
     ) {
-        self.running.fetch_sub(1, Ordering::Relaxed);
-        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        let self_ns = u64::try_from(self_time.as_nanos()).unwrap_or(u64::MAX);
+        self.runs_finished(&[FinishedRun {
+            wall: duration,
+            self_time,
+            outcome,
+            usage,
+        }]);
+    }
+
+    /// Records a batch of finished runs of this agent: one lock, one
+    /// update of the running count.
+    pub(crate) fn runs_finished(&self, runs: &[FinishedRun<'_>]) {
+        self.running.fetch_sub(runs.len() as u64, Ordering::Relaxed);
         {
             let mut cell = lock(&self.cell);
-            cell.runs += 1;
-            cell.failures += u64::from(outcome.is_failure());
-            cell.total_ns += u128::from(ns);
-            cell.min_ns = cell.min_ns.min(ns);
-            cell.max_ns = cell.max_ns.max(ns);
-            cell.by_outcome[outcome.index()].record(ns);
-            if self_ns != ns {
-                cell.nested_wall.record(ns);
-                cell.nested_self.record(self_ns);
-                cell.nested_self_min_ns = cell.nested_self_min_ns.min(self_ns);
-                cell.nested_self_max_ns = cell.nested_self_max_ns.max(self_ns);
-            }
-            if let Some(usage) = usage {
-                cell.usage.add(usage);
+            for run in runs {
+                cell.record(run);
             }
         }
-        self.metrics.record(duration, outcome);
-        if let Some(usage) = usage {
-            self.metrics.record_usage(usage);
+        for run in runs {
+            self.metrics.record(run.wall, run.outcome);
+            if let Some(usage) = run.usage {
+                self.metrics.record_usage(usage);
+            }
         }
     }
 

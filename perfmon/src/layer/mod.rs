@@ -477,7 +477,8 @@ where
         let recorder = &self.recorder;
         let end = recorder.now();
         let duration = end.saturating_duration_since(data.start);
-        if data.busy.is_some() {
+        let busy_tracked = data.busy.is_some();
+        if busy_tracked {
             self.busy_open.fetch_sub(1, Ordering::Relaxed);
         }
         let busy = data.busy.and_then(|b| b.entered.then_some(b.total));
@@ -534,20 +535,27 @@ where
                 },
             });
         }
-        // Counted in the agent's statistics and the pipeline in a batch
-        // (`pending`); every read flushes first.
-        if recorder.config.metrics {
-            let has_usage = data.extras.as_ref().is_some_and(|e| !e.usage.is_zero());
-            let outcome = data.outcome.as_deref().unwrap_or(&Outcome::Succeeded);
-            data.entry.prepare_metrics(outcome, has_usage);
-        }
-        pending::push(Finished {
+        let finished = Finished {
             entry: data.entry,
             pipeline: data.pipeline.map(|p| (p, data.ticket)),
             timing,
             outcome: data.outcome,
             extras: data.extras,
-        });
+        };
+        if busy_tracked {
+            // A future's run: counted now. Measured, the buffer costs a
+            // future more than it saves (BENCHMARKS.md, issue 16).
+            finished.apply();
+            return;
+        }
+        // Counted in the agent's statistics and the pipeline in a batch
+        // (`pending`); every read flushes first.
+        if recorder.config.metrics {
+            let has_usage = finished.extras.as_ref().is_some_and(|e| !e.usage.is_zero());
+            let outcome = finished.outcome.as_deref().unwrap_or(&Outcome::Succeeded);
+            finished.entry.prepare_metrics(outcome, has_usage);
+        }
+        pending::push(finished);
     }
 
     /// A run that ended outside any pipeline while one was active: counted,

@@ -16,7 +16,7 @@
 //!
 //! Generic over the state kept, so that it imports nothing from the layer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
@@ -31,6 +31,9 @@ struct Open<T> {
 /// One thread's open runs, in the order they opened.
 pub(super) struct Stack<T> {
     runs: Mutex<Vec<Open<T>>>,
+    /// `runs.len()`, readable without the lock: a span closing on a thread
+    /// with no open run (an unrelated span) costs one load.
+    open: AtomicUsize,
     /// Its thread has exited (the stack stays while it holds runs).
     orphaned: AtomicBool,
 }
@@ -48,7 +51,16 @@ impl<T> Stack<T> {
     }
 
     fn take(&self, layer: u64, span: u64) -> Option<T> {
+        if self.open.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let mut runs = lock(&self.runs);
+        let taken = Self::take_locked(&mut runs, layer, span);
+        self.open.store(runs.len(), Ordering::Relaxed);
+        taken
+    }
+
+    fn take_locked(runs: &mut Vec<Open<T>>, layer: u64, span: u64) -> Option<T> {
         // The innermost run first: it is nearly always the one closing.
         if runs
             .last()
@@ -56,7 +68,7 @@ impl<T> Stack<T> {
         {
             return runs.pop().map(|o| o.state);
         }
-        let i = Self::position(&runs, layer, span)?;
+        let i = Self::position(runs, layer, span)?;
         Some(runs.remove(i).state)
     }
 
@@ -81,6 +93,7 @@ impl<T> Stacks<T> {
     pub(super) fn register(&'static self) -> Local<T> {
         let stack = Arc::new(Stack {
             runs: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
             orphaned: AtomicBool::new(false),
         });
         lock(&self.all).push(Arc::clone(&stack));
@@ -135,7 +148,9 @@ impl<T> Local<T> {
     /// Opens a run on this thread.
     #[inline]
     pub(super) fn push(&self, layer: u64, span: u64, state: T) {
-        lock(&self.stack.runs).push(Open { layer, span, state });
+        let mut runs = lock(&self.stack.runs);
+        runs.push(Open { layer, span, state });
+        self.stack.open.store(runs.len(), Ordering::Relaxed);
     }
 
     /// Runs `f` on the run `(layer, span)` if this thread holds it.
