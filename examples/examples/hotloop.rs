@@ -11,7 +11,9 @@
 //! The difference between the two totals, divided by 200,000, is the
 //! per-run count without the program's fixed start-up cost.
 //!
-//! MODE: `registry` (a bare span, Registry only: the baseline), `perfmon`
+//! MODE: `registry` (a bare span, Registry only: the baseline),
+//! `registry-nested` (the same inside an entered parent span: what the
+//! Registry alone adds for a parent, the baseline of `pipeline`), `perfmon`
 //! (`perfmon::agent` with the layer), `pipeline` (the same inside one
 //! pipeline), `future` (a ready future tracked with `track_agent`, polled
 //! once), `future-registry` (the same future `.instrument`ed, Registry only:
@@ -102,6 +104,16 @@ fn main() {
                 }
             });
         }
+        "registry-nested" => {
+            let registry = tracing::Dispatch::new(tracing_subscriber::registry());
+            tracing::dispatcher::with_default(&registry, || {
+                let parent = tracing::info_span!(target: "perfmon", "pipeline").entered();
+                for _ in 0..runs {
+                    bare_span();
+                }
+                drop(parent);
+            });
+        }
         "perfmon" => tracing::dispatcher::with_default(&with_layer(), || {
             for _ in 0..runs {
                 drop(black_box(perfmon::agent("geometry")));
@@ -172,7 +184,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown mode {other:?}: registry | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-registry | none | none-bare"
+                "unknown mode {other:?}: registry | registry-nested | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-registry | none | none-bare"
             );
             std::process::exit(2);
         }

@@ -190,8 +190,29 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
         }
     }
     let span_ident = format_ident!("__perfmon_span");
-    let make_span = quote! {
-        let #span_ident = ::perfmon::__perfmon_span!(#span_kind, #span_name, #identity; #fields);
+    let make_span = match kind {
+        // The name is a literal: offered to the layer, which then need not
+        // visit the span's fields to learn it (`__private::NameOffer`).
+        Kind::Agent | Kind::Tool => {
+            let run_kind = if kind == Kind::Tool {
+                quote!(::perfmon::RunKind::Tool)
+            } else {
+                quote!(::perfmon::RunKind::Agent)
+            };
+            quote! {
+                let #span_ident = {
+                    static __PERFMON_SITE: ::perfmon::__private::HintSite =
+                        ::perfmon::__private::HintSite::new();
+                    let __perfmon_offer =
+                        ::perfmon::__private::NameOffer::new(&__PERFMON_SITE, #identity, #run_kind);
+                    let #span_ident = ::perfmon::__perfmon_span!(#span_kind, #span_name, #identity; #fields);
+                    __perfmon_offer.made(#span_ident)
+                };
+            }
+        }
+        Kind::Pipeline => quote! {
+            let #span_ident = ::perfmon::__perfmon_span!(#span_kind, #span_name, #identity; #fields);
+        },
     };
 
     let error_of = |output: Option<&Type>| {

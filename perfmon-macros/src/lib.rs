@@ -22,10 +22,17 @@
 //!
 //! ```text
 //! fn geometry(cells: u32) -> Result<Mesh, MeshError> {
-//!     let __perfmon_span = ::perfmon::__private::tracing::span!(
-//!         target: "perfmon", Level::INFO, "geometry",
-//!         perfmon.agent = "geo", perfmon.outcome = Empty, perfmon.error = Empty, perfmon.sync = Empty,
-//!     );
+//!     let __perfmon_span = {
+//!         // Hands the layer the agent's entry while the span is made, so
+//!         // that it need not read the span's fields to learn the name.
+//!         static __PERFMON_SITE: HintSite = HintSite::new();
+//!         let __perfmon_offer = ::perfmon::__private::NameOffer::new(&__PERFMON_SITE, "geo", RunKind::Agent);
+//!         let __perfmon_span = ::perfmon::__private::tracing::span!(
+//!             target: "perfmon", Level::INFO, "geometry",
+//!             perfmon.agent = "geo", perfmon.outcome = Empty, perfmon.error = Empty, perfmon.sync = Empty,
+//!         );
+//!         __perfmon_offer.made(__perfmon_span)
+//!     };
 //!     let __perfmon_scope = ::perfmon::__private::SyncScope::enter(__perfmon_span, false);
 //!     let __perfmon_output: Result<Mesh, MeshError> = (move || { mesh(cells) })();
 //!     __perfmon_scope.finish(&__perfmon_output, ::perfmon::__private::err_text); // Err => failed
@@ -47,7 +54,7 @@
 //! ```text
 //! async fn physics(x: u32) -> f64 {
 //!     if false { let __perfmon_fake_return: f64 = loop {}; return __perfmon_fake_return; }
-//!     let __perfmon_span = ::perfmon::__private::tracing::span!(/* as above, without perfmon.sync */);
+//!     let __perfmon_span = { /* as above, without perfmon.sync */ };
 //!     ::perfmon::__private::track_future(
 //!         __perfmon_span,
 //!         async move { let __perfmon_output: f64 = { solve(x).await }; __perfmon_output },

@@ -8,9 +8,36 @@ pub use tracing;
 use tracing::Span;
 use tracing::span::EnteredSpan;
 
+pub use crate::agent_table::HintSite;
+use crate::agent_table::Offer;
 use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
 use crate::guard::{TrackedAgent, otel_status};
 use crate::outcome::Outcome;
+
+/// Offers the layer the entry of a tracked function's agent (or tool) while
+/// its span is made (see `agent_table::Offer`).
+#[must_use = "the offer is withdrawn when dropped: make the span, then call `made`"]
+pub struct NameOffer(Offer<'static>);
+
+impl NameOffer {
+    /// Offers `name`'s entry for the span about to be made at `site`.
+    #[inline]
+    pub fn new(site: &'static HintSite, name: &str, kind: crate::RunKind) -> Self {
+        NameOffer(Offer::new(site, name, kind))
+    }
+
+    /// The span was made: the offer ends. Gives the span back.
+    #[inline(always)]
+    pub fn made(self, span: Span) -> Span {
+        self.0.made(span)
+    }
+}
+
+impl std::fmt::Debug for NameOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NameOffer").finish_non_exhaustive()
+    }
+}
 
 /// The error text of an `Err`, for `Result`-returning functions.
 #[inline]

@@ -8,13 +8,13 @@ use std::sync::Arc;
 #[cfg(any(feature = "process", feature = "alerts"))]
 use std::time::Duration;
 
+use crate::agent_table::AgentTable;
 use crate::analysis::Rule;
 use crate::clock::MockClock;
 use crate::events::Bus;
 use crate::monitor::Monitor;
 use crate::record::BottleneckBasis;
 use crate::recorder::{Recorder, RecorderConfig};
-use crate::stats::AgentTable;
 
 /// The default share of a pipeline's wall time above which an agent is a bottleneck.
 pub const DEFAULT_BOTTLENECK_THRESHOLD: f64 = 0.30;

@@ -23,11 +23,12 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing::span::EnteredSpan;
 
+use crate::agent_table::{HintSite, Offer};
 use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
 use crate::layer::WithPipeline;
 use crate::outcome::Outcome;
 use crate::pipeline::PipelineState;
-use crate::record::PipelineReport;
+use crate::record::{PipelineReport, RunKind};
 use crate::recorder::Recorder;
 use crate::unseen;
 
@@ -108,8 +109,18 @@ pub(crate) fn otel_status(span: &Span, outcome: &Outcome) {
 /// ```
 #[inline]
 pub fn agent(name: &str) -> AgentGuard {
-    let span = crate::__perfmon_span!(agent, "agent", name; perfmon.sync = Empty,);
-    AgentGuard::enter(span)
+    /// The one callsite of both paths below.
+    #[inline(always)]
+    fn make(name: &str) -> Span {
+        crate::__perfmon_span!(agent, "agent", name; perfmon.sync = Empty,)
+    }
+    static SITE: HintSite = HintSite::new();
+    if !tracing::level_enabled!(tracing::Level::INFO) {
+        // The span comes out disabled: no layer to offer anything to.
+        return AgentGuard::enter(make(name));
+    }
+    let offer = Offer::new(&SITE, name, RunKind::Agent);
+    AgentGuard::enter(offer.made(make(name)))
 }
 
 /// Starts a tool run named `name` (a compiler, a search, a shell command),
@@ -144,8 +155,18 @@ pub fn agent(name: &str) -> AgentGuard {
 /// ```
 #[inline]
 pub fn tool(name: &str) -> ToolGuard {
-    let span = crate::__perfmon_span!(tool, "tool", name; perfmon.sync = Empty,);
-    ToolGuard(AgentGuard::enter(span))
+    /// The one callsite of both paths below.
+    #[inline(always)]
+    fn make(name: &str) -> Span {
+        crate::__perfmon_span!(tool, "tool", name; perfmon.sync = Empty,)
+    }
+    static SITE: HintSite = HintSite::new();
+    if !tracing::level_enabled!(tracing::Level::INFO) {
+        // The span comes out disabled: no layer to offer anything to.
+        return ToolGuard(AgentGuard::enter(make(name)));
+    }
+    let offer = Offer::new(&SITE, name, RunKind::Tool);
+    ToolGuard(AgentGuard::enter(offer.made(make(name))))
 }
 
 /// A tool run in progress on this thread; from [`tool()`]. Ends as
@@ -294,7 +315,7 @@ impl PipelineRecorder {
         let span = crate::__perfmon_span!(pipeline, "pipeline", id.as_str(););
         unseen::check(&span);
         let state = span
-            .with_subscriber(|(id, dispatch)| WithPipeline::lookup(dispatch, id))
+            .with_subscriber(|(id, dispatch)| WithPipeline::lookup(dispatch, id, &recorder))
             .flatten();
         let recorder = PipelineRecorder {
             state,
@@ -579,12 +600,18 @@ impl<F: Future> fmt::Debug for TrackedAgent<F> {
 
 impl<F: Future> TrackedAgent<F> {
     fn new(inner: F, name: &str, error_of: fn(&F::Output) -> Option<String>) -> Self {
+        static SITE: HintSite = HintSite::new();
+        let offer = Offer::new(&SITE, name, RunKind::Agent);
         let span = crate::__perfmon_span!(agent, "agent", name;);
+        let span = offer.made(span);
         Self::from_span(span, inner, error_of, false)
     }
 
     fn new_tool(inner: F, name: &str, error_of: fn(&F::Output) -> Option<String>) -> Self {
+        static SITE: HintSite = HintSite::new();
+        let offer = Offer::new(&SITE, name, RunKind::Tool);
         let span = crate::__perfmon_span!(tool, "tool", name;);
+        let span = offer.made(span);
         Self::from_span(span, inner, error_of, false)
     }
 

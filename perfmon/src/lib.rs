@@ -132,6 +132,7 @@
 //   → recorder → layer, guard, sampler → monitor, clock, exporter → builder → ws, otel
 //   → fleet (publisher on the event stream; collector on top of ws)
 //   → cli (a client of any sidecar: REST and perfmon-ws's client)
+mod agent_table;
 mod alert_state;
 #[cfg(feature = "alerts")]
 #[cfg_attr(docsrs, doc(cfg(feature = "alerts")))]

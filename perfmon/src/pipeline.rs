@@ -1,5 +1,6 @@
 //! The state of one pipeline while it runs, and the report it becomes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +43,8 @@ pub(crate) struct PipelineState {
     pub(crate) run: u64,
     pub(crate) start: quanta::Instant,
     pub(crate) started_at: SystemTime,
+    /// Set once it is finished (its report made): readable without the lock.
+    ended: AtomicBool,
     record: Mutex<Record>,
 }
 
@@ -106,8 +109,9 @@ struct Slot {
     agent: Arc<str>,
     kind: RunKind,
     parent: Option<u32>,
+    /// From the pipeline's start; the run's wall-clock start is the
+    /// pipeline's plus this (both come from one monotonic clock).
     offset: Duration,
-    started_at: SystemTime,
     end: Option<SlotEnd>,
 }
 
@@ -158,6 +162,7 @@ impl PipelineState {
             run,
             start,
             started_at,
+            ended: AtomicBool::new(false),
             record: Mutex::new(Record {
                 slots: Vec::new(),
                 max_slots,
@@ -183,7 +188,6 @@ impl PipelineState {
         kind: RunKind,
         parent: Option<u32>,
         at: quanta::Instant,
-        started_at: SystemTime,
     ) -> Ticket {
         let mut record = self.lock();
         if record.report.is_some() {
@@ -199,7 +203,6 @@ impl PipelineState {
             kind,
             parent,
             offset: at.saturating_duration_since(self.start),
-            started_at,
             end: None,
         });
         Ticket::Slot(index)
@@ -279,6 +282,12 @@ impl PipelineState {
         self.lock().report.clone()
     }
 
+    /// Whether it is finished, without taking its lock (a run opening in
+    /// it then is late, whichever way it was found).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
     /// Ends the pipeline. Returns the report the first time only.
     pub(crate) fn finish(
         &self,
@@ -293,6 +302,7 @@ impl PipelineState {
         let duration = end.saturating_duration_since(self.start);
         let report = Arc::new(self.build(&record, duration, outcome, true, rule));
         record.report = Some(Arc::clone(&report));
+        self.ended.store(true, Ordering::Release);
         Some(report)
     }
 
@@ -358,7 +368,7 @@ impl PipelineState {
                 output,
                 output_dropped,
                 pipeline: self.id.to_string(),
-                started_at: slot.started_at,
+                started_at: self.started_at + slot.offset,
                 duration: end.timing.wall,
                 self_time: end.timing.self_time,
                 busy: end.timing.busy,

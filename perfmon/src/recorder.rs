@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::agent_table::AgentTable;
 use crate::analysis::Rule;
 use crate::events::{Bus, EventKind};
 use crate::metrics;
@@ -30,7 +31,7 @@ use crate::outcome::Outcome;
 use crate::pending;
 use crate::pipeline::PipelineState;
 use crate::record::PipelineReport;
-use crate::stats::{AgentEntry, AgentTable, Counters, OutcomeCell, ProcessSample};
+use crate::stats::{AgentEntry, Counters, OutcomeCell, ProcessSample};
 use crate::sync::lock;
 
 /// Settings the recorder reads on the hot path.

@@ -1,20 +1,16 @@
 //! Per-agent statistics and the monitor-wide overview.
 //!
 //! Each agent has one [`AgentEntry`], created the first time a span names it
-//! and found again through a copy-on-write table ([`AgentTable`]) whose reads
-//! take no lock, behind a per-thread cache of the last few entries used
-//! (no hashing, no shared memory touched for a thread's usual agents). An entry's counters and histogram sit behind the entry's own
-//! mutex, held for a few nanoseconds per finished run: runs of different
-//! agents never contend, and no lock is shared by all spans.
+//! and found again through the agent table (`agent_table`). An entry's
+//! counters and histogram sit behind the entry's own mutex, held for a few
+//! nanoseconds per finished run: runs of different agents never contend,
+//! and no lock is shared by all spans.
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::metrics::AgentMetrics;
@@ -155,7 +151,7 @@ pub struct Overview {
     /// perfmon spans (agents and pipelines, from guards, futures and the
     /// macros) that a filter disabled, or that were made with no subscriber
     /// installed, in this whole process: perfmon recorded nothing for them.
-    /// Threads add to it in batches of 64 (the first one at once), so it
+    /// Threads add to it in batches of 64 (each thread's first at once), so it
     /// can lag by up to 63 per thread; it is never 0 after one happened.
     /// Above 0, enable [`FILTER_DIRECTIVE`](crate::FILTER_DIRECTIVE) in
     /// your filter (a `WARN` event from target `perfmon` said so once).
@@ -482,143 +478,6 @@ impl AgentEntry {
 fn nanos_to_duration(ns: u128) -> Duration {
     let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(u64::MAX);
     Duration::new(secs, (ns % 1_000_000_000) as u32)
-}
-
-/// Source of [`AgentTable`] ids.
-static NEXT_TABLE: AtomicU64 = AtomicU64::new(1);
-
-/// Entries each thread keeps at hand (most programs' threads run a handful
-/// of agents); they keep at most this many entries alive per thread after
-/// their monitor is dropped.
-const RECENT_SLOTS: usize = 4;
-
-/// A thread's recently resolved entries, with their table's id.
-struct Recent {
-    slots: [Option<(u64, Arc<AgentEntry>)>; RECENT_SLOTS],
-    /// The slot the next new entry replaces.
-    next: usize,
-}
-
-thread_local! {
-    static RECENT: RefCell<Recent> = const {
-        RefCell::new(Recent {
-            slots: [const { None }; RECENT_SLOTS],
-            next: 0,
-        })
-    };
-}
-
-/// The name runs are filed under once `max_agents` distinct names exist.
-pub(crate) const OVERFLOW_AGENT: &str = "(other)";
-
-/// Agent name → entry. Reads are lock-free (`ArcSwap::load`, then an FxHash
-/// lookup: names come from the program, not from untrusted input); inserting
-/// a new name copies the map under a writer lock, once per name.
-#[derive(Debug)]
-pub(crate) struct AgentTable {
-    /// Process-unique, for the threads' caches of recent entries (an
-    /// address could be reused by a later table).
-    id: u64,
-    map: ArcSwap<FxHashMap<Arc<str>, Arc<AgentEntry>>>,
-    writer: Mutex<()>,
-    max_agents: usize,
-    metrics_enabled: bool,
-}
-
-impl AgentTable {
-    pub(crate) fn new(max_agents: usize, metrics_enabled: bool) -> Self {
-        AgentTable {
-            id: NEXT_TABLE.fetch_add(1, Ordering::Relaxed),
-            map: ArcSwap::from_pointee(FxHashMap::default()),
-            writer: Mutex::new(()),
-            max_agents,
-            metrics_enabled,
-        }
-    }
-
-    /// The entry for `name`, created on first use (as a `kind`). Once
-    /// `max_agents` names exist, new names share the `"(other)"` entry and
-    /// `overflowed` counts them.
-    pub(crate) fn get_or_insert(
-        &self,
-        name: &str,
-        kind: RunKind,
-        overflowed: &AtomicU64,
-    ) -> Arc<AgentEntry> {
-        if let Some(entry) = self.recent(name) {
-            return entry;
-        }
-        if let Some(entry) = self.map.load().get(name) {
-            self.remember(entry);
-            return Arc::clone(entry);
-        }
-        let _writer = lock(&self.writer);
-        let current = self.map.load_full();
-        if let Some(entry) = current.get(name) {
-            return Arc::clone(entry);
-        }
-        let key = if current.len() >= self.max_agents {
-            // Pathological input (unbounded distinct names): such runs take
-            // this locked path every time, and are counted.
-            overflowed.fetch_add(1, Ordering::Relaxed);
-            if let Some(entry) = current.get(OVERFLOW_AGENT) {
-                return Arc::clone(entry);
-            }
-            Arc::<str>::from(OVERFLOW_AGENT)
-        } else {
-            Arc::<str>::from(name)
-        };
-        let entry = Arc::new(AgentEntry::new(
-            Arc::clone(&key),
-            kind,
-            self.metrics_enabled,
-        ));
-        let mut next = FxHashMap::clone(&current);
-        next.insert(key, Arc::clone(&entry));
-        self.map.store(Arc::new(next));
-        if &*entry.name == name {
-            self.remember(&entry);
-        }
-        entry
-    }
-
-    /// `name`'s entry, if this thread resolved it lately: a few string
-    /// compares, no hashing, no shared memory touched.
-    #[inline]
-    fn recent(&self, name: &str) -> Option<Arc<AgentEntry>> {
-        RECENT
-            .try_with(|recent| {
-                let recent = recent.try_borrow().ok()?;
-                recent
-                    .slots
-                    .iter()
-                    .flatten()
-                    .find(|(table, entry)| *table == self.id && *entry.name == *name)
-                    .map(|(_, entry)| Arc::clone(entry))
-            })
-            .ok()
-            .flatten()
-    }
-
-    /// Keeps `entry` among this thread's recent ones (never the overflow
-    /// entry for another name: those runs must each be counted).
-    fn remember(&self, entry: &Arc<AgentEntry>) {
-        let _ = RECENT.try_with(|recent| {
-            if let Ok(mut recent) = recent.try_borrow_mut() {
-                let i = recent.next;
-                recent.slots[i] = Some((self.id, Arc::clone(entry)));
-                recent.next = (i + 1) % RECENT_SLOTS;
-            }
-        });
-    }
-
-    pub(crate) fn entries(&self) -> Vec<Arc<AgentEntry>> {
-        self.map.load().values().cloned().collect()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.load().len()
-    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 //! A program that filters perfmon out on purpose makes every perfmon span
 //! disabled, on every thread: counting each in one shared atomic would make
 //! the threads fight over its cache line. Each thread counts in a
-//! thread-local and adds to the shared count in batches of [`BATCH`]; the
-//! first disabled span in the process is added at once, so the count is
-//! never 0 after one happened. It can lag by up to `BATCH - 1` per thread.
+//! thread-local and adds to the shared count in batches of [`BATCH`]; each
+//! thread's first disabled span is added at once, so the count is never 0
+//! after one happened. It can lag by up to `BATCH - 1` per thread.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,40 +22,47 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 const BATCH: u64 = 64;
 
 thread_local! {
-    static UNCOUNTED: Cell<u64> = const { Cell::new(0) };
+    /// (disabled spans not yet added, how many to add at once): 1 until
+    /// the thread's first is added, then [`BATCH`]. Read without touching
+    /// the shared count.
+    static UNCOUNTED: Cell<(u64, u64)> = const { Cell::new((0, 1)) };
 }
 
 /// The filter directive that enables every span and event perfmon makes.
 pub const FILTER_DIRECTIVE: &str = "perfmon=info";
 
-/// Counts `span` if no subscriber enabled it. One branch when it is enabled.
+/// Counts `span` if no subscriber enabled it. One branch when it is
+/// enabled; a thread-local update when it is not (the shared count is
+/// touched once per [`BATCH`]).
 #[inline]
 pub(crate) fn check(span: &Span) {
-    if span.is_disabled() {
-        disabled(span);
+    if !span.is_disabled() {
+        return;
     }
-}
-
-#[cold]
-#[inline(never)]
-fn disabled(span: &Span) {
     // After thread exit (a span made in a thread-local's destructor) the
     // local is gone: count it directly.
     let pending = UNCOUNTED
         .try_with(|n| {
-            let pending = n.get() + 1;
-            if pending >= BATCH || DISABLED_SPANS.load(Ordering::Relaxed) == 0 {
-                n.set(0);
+            let (uncounted, batch) = n.get();
+            let pending = uncounted + 1;
+            if pending >= batch {
+                n.set((0, BATCH));
                 pending
             } else {
-                n.set(pending);
+                n.set((pending, batch));
                 0
             }
         })
         .unwrap_or(1);
-    if pending == 0 {
-        return;
+    if pending != 0 {
+        add(pending, span);
     }
+}
+
+/// Adds `pending` disabled spans to the shared count, and warns once.
+#[cold]
+#[inline(never)]
+fn add(pending: u64, span: &Span) {
     DISABLED_SPANS.fetch_add(pending, Ordering::Relaxed);
     // A load first: after the warning, no write to the shared flag.
     if WARNED.load(Ordering::Relaxed) || WARNED.swap(true, Ordering::Relaxed) {

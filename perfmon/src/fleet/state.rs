@@ -13,9 +13,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::wire::{self, Heartbeat, Incoming, SourceInfo};
+use crate::agent_table::AgentTable;
 use crate::outcome::Outcome;
 use crate::record::{PipelineSnapshot, Progress, RunKind};
-use crate::stats::{AgentEntry, AgentStats, AgentTable};
+use crate::stats::{AgentEntry, AgentStats};
 use crate::usage::{Usage, UsageSum};
 
 /// Sources kept at most (a fleet, not an open set).

@@ -6,7 +6,11 @@
 //! of open runs ([`open_runs`]): opening it needs no registry lookup of the
 //! new span and no extension, closing it none at all. Other runs (futures,
 //! which may close on any thread) and pipelines keep theirs in the span's
-//! extensions. A closed run goes to the thread's buffer (`pending`); the
+//! extensions, one entry per monitor ([`per_layer`]). A guard offers the
+//! layer its run's agent entry (`agent_table`), so the span's fields are
+//! not visited; a run opening right inside a pipeline's span finds the
+//! pipeline this thread's runs last opened in ([`parent_pipeline`]) without
+//! a lookup. A closed run goes to the thread's buffer (`pending`); the
 //! statistics and the pipeline are updated in batches. The only locks on
 //! the way of a span are the thread's own stack and buffer, the span's
 //! extensions lock (futures, pipelines) and its pipeline's mutex (when it
@@ -18,6 +22,8 @@
 
 mod callsites;
 mod open_runs;
+mod parent_pipeline;
+mod per_layer;
 pub(crate) mod runs;
 mod visitors;
 
@@ -123,10 +129,14 @@ impl AgentData {
     }
 }
 
-#[derive(Default)]
+/// Busy time of a run whose span may be entered many times (a future's).
+/// Compact: a synchronous run's state (which has none) moves without a
+/// `memcpy` call.
 struct Busy {
-    total: Duration,
-    entered_at: Option<quanta::Instant>,
+    /// Nanoseconds spent entered.
+    total_ns: u64,
+    /// When the span was last entered from outside (valid while `depth > 0`).
+    entered_at: quanta::Instant,
     depth: u32,
     entered: bool,
 }
@@ -204,14 +214,18 @@ impl Nearest<'_> {
 /// through the dispatcher, whatever the subscriber stack looks like.
 /// Found with `Dispatch::downcast_ref`, the way `tracing-error` finds its layer.
 #[derive(Clone, Copy)]
-pub(crate) struct WithPipeline(fn(&Dispatch, &Id) -> Option<Arc<PipelineState>>);
+pub(crate) struct WithPipeline(fn(&Dispatch, &Id, usize) -> Option<Arc<PipelineState>>);
 
 impl WithPipeline {
     /// The pipeline state behind the span `id`, if it is a pipeline span
-    /// recorded by a `PerfmonLayer` in `dispatch`.
-    pub(crate) fn lookup(dispatch: &Dispatch, id: &Id) -> Option<Arc<PipelineState>> {
+    /// recorded for `recorder`'s monitor by a `PerfmonLayer` in `dispatch`.
+    pub(crate) fn lookup(
+        dispatch: &Dispatch,
+        id: &Id,
+        recorder: &Arc<Recorder>,
+    ) -> Option<Arc<PipelineState>> {
         let this = dispatch.downcast_ref::<WithPipeline>()?;
-        (this.0)(dispatch, id)
+        (this.0)(dispatch, id, Arc::as_ptr(recorder) as usize)
     }
 }
 
@@ -238,6 +252,8 @@ pub(crate) struct RunUsage {
 pub struct PerfmonLayer<S> {
     /// Process-unique: keys this layer's runs on the threads' stacks.
     id: u64,
+    /// Its monitor's: keys its state in spans' extensions (`per_layer`).
+    key: usize,
     recorder: Arc<Recorder>,
     callsites: Callsites,
     /// Open agent spans whose busy time is tracked. While it is zero,
@@ -263,6 +279,7 @@ where
     pub(crate) fn new(recorder: Arc<Recorder>) -> Self {
         PerfmonLayer {
             id: NEXT_LAYER.fetch_add(1, Ordering::Relaxed),
+            key: Arc::as_ptr(&recorder) as usize,
             recorder,
             callsites: Callsites::new(),
             busy_open: AtomicUsize::new(0),
@@ -273,11 +290,11 @@ where
         }
     }
 
-    fn pipeline_of(dispatch: &Dispatch, id: &Id) -> Option<Arc<PipelineState>> {
+    fn pipeline_of(dispatch: &Dispatch, id: &Id, key: usize) -> Option<Arc<PipelineState>> {
         let subscriber = dispatch.downcast_ref::<S>()?;
         let span = subscriber.span(id)?;
         let ext = span.extensions();
-        ext.get::<PipelineData>().map(|p| Arc::clone(&p.state))
+        per_layer::get::<PipelineData>(&ext, key).map(|p| Arc::clone(&p.state))
     }
 
     /// The one walk up the span tree: from `first` up through its
@@ -323,6 +340,23 @@ where
         self.nearest(ctx.span(first), read)
     }
 
+    /// Where a run opening right inside the pipeline span `span` goes: the
+    /// pipeline this thread remembers for it (no lookup), or the one found.
+    fn in_pipeline(&self, ctx: &Context<'_, S>, span: &Id) -> Option<Placement> {
+        if let Some(state) = parent_pipeline::find(self.id, span.into_u64()) {
+            return Some(Placement {
+                pipeline: Some(state),
+                slot: None,
+                parent: None,
+            });
+        }
+        let placement = self.nearest(ctx.span(span), |n| n.placement())?;
+        if let Some(state) = &placement.pipeline {
+            parent_pipeline::remember(self.id, span.into_u64(), state);
+        }
+        Some(placement)
+    }
+
     /// `change` applied to the state of `span`, if it is a run or a pipeline.
     fn state_of<R>(
         &self,
@@ -333,12 +367,12 @@ where
             Kind::AgentSync => self.with_sync_run(span, |run| change(NearestMut::Agent(run))),
             Kind::Agent => {
                 let mut ext = span.extensions_mut();
-                let run = ext.get_mut::<AgentData>()?;
+                let run = per_layer::get_mut::<AgentData>(&mut ext, self.key)?;
                 Some(change(NearestMut::Agent(run)))
             }
             Kind::Pipeline => {
                 let mut ext = span.extensions_mut();
-                let pipeline = ext.get_mut::<PipelineData>()?;
+                let pipeline = per_layer::get_mut::<PipelineData>(&mut ext, self.key)?;
                 Some(change(NearestMut::Pipeline(pipeline)))
             }
             Kind::Progress | Kind::Thought | Kind::Output | Kind::Usage => None,
@@ -360,7 +394,7 @@ where
         }
         {
             let mut ext = span.extensions_mut();
-            if let Some(run) = ext.get_mut::<AgentData>() {
+            if let Some(run) = per_layer::get_mut::<AgentData>(&mut ext, self.key) {
                 return f.take().map(|f| f(run));
             }
         }
@@ -378,7 +412,9 @@ where
     ) -> Option<R> {
         match kind {
             Kind::AgentSync => self.with_sync_run(span, f),
-            Kind::Agent => span.extensions_mut().get_mut::<AgentData>().map(f),
+            Kind::Agent => {
+                per_layer::get_mut::<AgentData>(&mut span.extensions_mut(), self.key).map(f)
+            }
             _ => None,
         }
     }
@@ -396,7 +432,9 @@ where
             return;
         }
         let mut ext = span.extensions_mut();
-        if let Some(busy) = ext.get_mut::<AgentData>().and_then(|d| d.busy.as_mut()) {
+        if let Some(busy) =
+            per_layer::get_mut::<AgentData>(&mut ext, self.key).and_then(|d| d.busy.as_mut())
+        {
             f(busy, &self.recorder);
         }
     }
@@ -419,9 +457,16 @@ where
     /// The state of a run that opens with `attrs` at `placement`.
     fn open_agent(&self, attrs: &Attributes<'_>, placement: Placement, sync: bool) -> AgentData {
         let recorder = &self.recorder;
-        let mut name = AgentVisitor::new(&recorder.agents, &recorder.counters.agents_overflowed);
-        attrs.record(&mut name);
-        let (entry, kind) = name.into_entry();
+        // A guard's span: the guard offered the entry (no field visit).
+        let (entry, kind) = match recorder.agents.take_hint(attrs.metadata()) {
+            Some(hinted) => hinted,
+            None => {
+                let mut name =
+                    AgentVisitor::new(&recorder.agents, &recorder.counters.agents_overflowed);
+                attrs.record(&mut name);
+                name.into_entry()
+            }
+        };
         let start = recorder.now();
         let Placement {
             pipeline,
@@ -429,10 +474,7 @@ where
             parent,
         } = placement;
         let (ticket, lost) = match &pipeline {
-            Some(p) => (
-                p.open_run(&entry.name, kind, slot, start, recorder.system_time(start)),
-                false,
-            ),
+            Some(p) => (p.open_run(&entry.name, kind, slot, start), false),
             None => (Ticket::Late, recorder.active_count() > 0),
         };
         entry.run_started();
@@ -455,7 +497,12 @@ where
             pipeline,
             ticket,
             start,
-            busy: if sync { None } else { Some(Busy::default()) },
+            busy: (!sync).then_some(Busy {
+                total_ns: 0,
+                entered_at: start,
+                depth: 0,
+                entered: false,
+            }),
             outcome: None,
             children: OnceLock::new(),
             parent,
@@ -469,8 +516,8 @@ where
         let state = self
             .recorder
             .pipeline_started(Arc::from(id.value()), self.recorder.now());
-        span.extensions_mut()
-            .insert(PipelineData { state, error: None });
+        let data = PipelineData { state, error: None };
+        per_layer::insert(&mut span.extensions_mut(), self.key, data);
     }
 
     fn close_agent(&self, data: AgentData) {
@@ -481,7 +528,9 @@ where
         if busy_tracked {
             self.busy_open.fetch_sub(1, Ordering::Relaxed);
         }
-        let busy = data.busy.and_then(|b| b.entered.then_some(b.total));
+        let busy = data
+            .busy
+            .and_then(|b| b.entered.then_some(Duration::from_nanos(b.total_ns)));
         // Self time: wall minus what the runs nested in it covered (those
         // that finished before it did); then this run covers part of its parent.
         let self_time = match data.children.get() {
@@ -615,16 +664,20 @@ where
             Kind::AgentSync => {
                 // Kept on this thread's stack of open runs: no registry
                 // lookup of the new span, no extension.
-                let parent = if let Some(parent) = attrs.parent() {
-                    Some(parent.clone())
+                let placement = if let Some(parent) = attrs.parent() {
+                    self.nearest_from_id(&ctx, Some(parent), |n| n.placement())
                 } else if attrs.is_contextual() {
-                    ctx.current_span().id().cloned()
+                    let current = ctx.current_span();
+                    match (current.id(), current.metadata()) {
+                        (Some(parent), Some(meta)) if self.kind(meta) == Some(Kind::Pipeline) => {
+                            self.in_pipeline(&ctx, parent)
+                        }
+                        (parent, _) => self.nearest_from_id(&ctx, parent, |n| n.placement()),
+                    }
                 } else {
                     None
-                };
-                let placement = self
-                    .nearest_from_id(&ctx, parent.as_ref(), |n| n.placement())
-                    .unwrap_or_default();
+                }
+                .unwrap_or_default();
                 let mut run = Some(self.open_agent(attrs, placement, true));
                 let _ = LOCAL_RUNS.try_with(|local| {
                     if let Some(run) = run.take() {
@@ -635,7 +688,7 @@ where
                 if let Some(run) = run
                     && let Some(span) = ctx.span(id)
                 {
-                    span.extensions_mut().insert(run);
+                    per_layer::insert(&mut span.extensions_mut(), self.key, run);
                 }
             }
             Kind::Agent => {
@@ -644,7 +697,7 @@ where
                     .nearest(span.parent(), |n| n.placement())
                     .unwrap_or_default();
                 let run = self.open_agent(attrs, placement, false);
-                span.extensions_mut().insert(run);
+                per_layer::insert(&mut span.extensions_mut(), self.key, run);
             }
             Kind::Pipeline => {
                 let Some(span) = ctx.span(id) else { return };
@@ -687,7 +740,7 @@ where
             }
             Kind::Pipeline => {
                 let mut ext = span.extensions_mut();
-                let Some(data) = ext.get_mut::<PipelineData>() else {
+                let Some(data) = per_layer::get_mut::<PipelineData>(&mut ext, self.key) else {
                     return;
                 };
                 if let Some(error) = visitor.error.take() {
@@ -726,13 +779,7 @@ where
             if data.pipeline.is_some() {
                 return;
             }
-            data.ticket = pipeline.open_run(
-                &data.entry.name,
-                data.kind,
-                slot,
-                data.start,
-                self.recorder.system_time(data.start),
-            );
+            data.ticket = pipeline.open_run(&data.entry.name, data.kind, slot, data.start);
             data.pipeline = Some(pipeline);
         });
     }
@@ -740,7 +787,7 @@ where
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
         self.with_busy(id, &ctx, |busy, recorder| {
             if busy.depth == 0 {
-                busy.entered_at = Some(recorder.now());
+                busy.entered_at = recorder.now();
             }
             busy.depth += 1;
             busy.entered = true;
@@ -749,11 +796,15 @@ where
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
         self.with_busy(id, &ctx, |busy, recorder| {
-            busy.depth = busy.depth.saturating_sub(1);
-            if busy.depth == 0
-                && let Some(at) = busy.entered_at.take()
-            {
-                busy.total += recorder.now().saturating_duration_since(at);
+            if busy.depth == 0 {
+                return;
+            }
+            busy.depth -= 1;
+            if busy.depth == 0 {
+                let spent = recorder.now().saturating_duration_since(busy.entered_at);
+                busy.total_ns = busy
+                    .total_ns
+                    .saturating_add(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX));
             }
         });
     }
@@ -847,7 +898,7 @@ where
         let mut ext = span.extensions_mut();
         match kind {
             Kind::Agent | Kind::AgentSync => {
-                let run = ext.remove::<AgentData>();
+                let run = per_layer::remove::<AgentData>(&mut ext, self.key);
                 drop(ext);
                 let run = match run {
                     Some(run) => Some(run),
@@ -860,7 +911,7 @@ where
                 }
             }
             Kind::Pipeline => {
-                if let Some(data) = ext.remove::<PipelineData>() {
+                if let Some(data) = per_layer::remove::<PipelineData>(&mut ext, self.key) {
                     drop(ext);
                     let outcome = data
                         .error

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU64;
 
 use tracing::field::{Field, Visit};
 
+use crate::agent_table::AgentTable;
 use crate::fields::{
     AGENT_FIELD, COST_FIELD, ERROR_FIELD, EVENT_ERROR_FIELD, INPUT_TOKENS_FIELD, MESSAGE_FIELD,
     MODEL_FIELD, OUTCOME_FIELD, OUTPUT_TOKENS_FIELD, PERCENT_FIELD, STAGE_FIELD, STREAM_FIELD,
@@ -14,7 +15,7 @@ use crate::fields::{
 };
 use crate::outcome::{Outcome, UnknownOutcome};
 use crate::record::RunKind;
-use crate::stats::{AgentEntry, AgentTable};
+use crate::stats::AgentEntry;
 use crate::usage::UsageSum;
 
 /// Resolves the agent (or tool) named by `perfmon.agent` (`perfmon.tool`)
