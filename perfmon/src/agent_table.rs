@@ -215,7 +215,7 @@ impl HintSite {
 
     /// Its callsite, once learned.
     #[inline]
-    fn get(&self) -> Option<&'static Metadata<'static>> {
+    pub(crate) fn get(&self) -> Option<&'static Metadata<'static>> {
         let meta = self.0.load(Ordering::Acquire);
         // SAFETY: the pointer is null or came from a `&'static Metadata`
         // (`learn`), which lives for the whole program.

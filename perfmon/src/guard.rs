@@ -24,8 +24,9 @@ use tracing::field::Empty;
 use tracing::span::EnteredSpan;
 
 use crate::agent_table::{HintSite, Offer};
+use crate::busy;
 use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
-use crate::layer::WithPipeline;
+use crate::layer::{WithBusy, WithPipeline};
 use crate::outcome::Outcome;
 use crate::pipeline::PipelineState;
 use crate::record::{PipelineReport, RunKind};
@@ -569,6 +570,11 @@ pin_project! {
         // records an outcome, which ends the pipeline in the layer.
         ends_pipeline: bool,
         done: bool,
+        // `track_agent`'s and `track_tool`'s futures time their own polls
+        // (`busy`): the layer's hooks, and the time polled so far.
+        timing: Option<WithBusy>,
+        busy_ns: u64,
+        polled: bool,
     }
 
     impl<F: Future> PinnedDrop for TrackedAgent<F> {
@@ -578,12 +584,17 @@ pin_project! {
             // so what it does while cancelled is attributed to it.
             if this.inner.is_some() {
                 let _entered = this.span.enter();
+                let start = this.timing.and_then(|t| t.now(this.span));
                 this.inner.set(None);
+                add_busy(this.timing, this.span, start, this.busy_ns, this.polled);
             }
             if !*this.done {
                 let outcome = dropped_outcome(Outcome::Cancelled);
                 otel_status(this.span, &outcome);
                 this.span.record(OUTCOME_FIELD, outcome.as_str());
+            }
+            if let Some(timing) = *this.timing {
+                hand_busy(timing, this.span, this.polled.then_some(*this.busy_ns));
             }
         }
     }
@@ -600,19 +611,24 @@ impl<F: Future> fmt::Debug for TrackedAgent<F> {
 
 impl<F: Future> TrackedAgent<F> {
     fn new(inner: F, name: &str, error_of: fn(&F::Output) -> Option<String>) -> Self {
-        static SITE: HintSite = HintSite::new();
-        let offer = Offer::new(&SITE, name, RunKind::Agent);
+        let offer = Offer::new(&busy::AGENT_SITE, name, RunKind::Agent);
         let span = crate::__perfmon_span!(agent, "agent", name;);
         let span = offer.made(span);
-        Self::from_span(span, inner, error_of, false)
+        Self::self_timed(span, inner, error_of)
     }
 
     fn new_tool(inner: F, name: &str, error_of: fn(&F::Output) -> Option<String>) -> Self {
-        static SITE: HintSite = HintSite::new();
-        let offer = Offer::new(&SITE, name, RunKind::Tool);
+        let offer = Offer::new(&busy::TOOL_SITE, name, RunKind::Tool);
         let span = crate::__perfmon_span!(tool, "tool", name;);
         let span = offer.made(span);
-        Self::from_span(span, inner, error_of, false)
+        Self::self_timed(span, inner, error_of)
+    }
+
+    /// A future of `track_agent` or `track_tool`: it times its own polls.
+    fn self_timed(span: Span, inner: F, error_of: fn(&F::Output) -> Option<String>) -> Self {
+        let mut tracked = Self::from_span(span, inner, error_of, false);
+        tracked.timing = WithBusy::of(&tracked.span);
+        tracked
     }
 
     pub(crate) fn from_span(
@@ -628,12 +644,49 @@ impl<F: Future> TrackedAgent<F> {
             error_of,
             ends_pipeline,
             done: false,
+            timing: None,
+            busy_ns: 0,
+            polled: false,
         }
     }
 
     /// The run's span.
     pub fn span(&self) -> &Span {
         &self.span
+    }
+}
+
+/// Adds the time since `start` to a self-timing future's busy time.
+#[inline]
+fn add_busy(
+    timing: &Option<WithBusy>,
+    span: &Span,
+    start: Option<quanta::Instant>,
+    busy_ns: &mut u64,
+    polled: &mut bool,
+) {
+    let (Some(timing), Some(start)) = (timing, start) else {
+        return;
+    };
+    if let Some(end) = timing.now(span) {
+        let spent = end.saturating_duration_since(start);
+        *busy_ns = busy_ns.saturating_add(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX));
+    }
+    *polled = true;
+}
+
+/// Hands a self-timing future's busy time to the layer as its span is
+/// dropped (the layer's `on_close` takes it), or through the dispatcher if
+/// the span stays open (a clone or a child still holds it).
+fn hand_busy(timing: WithBusy, span: &mut Span, busy_ns: Option<u64>) {
+    let Some((id, dispatch)) =
+        span.with_subscriber(|(id, dispatch)| (id.clone(), dispatch.clone()))
+    else {
+        return;
+    };
+    let owned = std::mem::replace(span, Span::none());
+    if !busy::at_close(id.into_u64(), busy_ns, || drop(owned)) {
+        timing.set(&dispatch, &id, busy_ns);
     }
 }
 
@@ -648,10 +701,15 @@ impl<F: Future> Future for TrackedAgent<F> {
             let Some(inner) = this.inner.as_mut().as_pin_mut() else {
                 return Poll::Pending;
             };
-            let output = std::task::ready!(inner.poll(cx));
+            let start = this.timing.and_then(|t| t.now(this.span));
+            let Poll::Ready(output) = inner.poll(cx) else {
+                add_busy(this.timing, this.span, start, this.busy_ns, this.polled);
+                return Poll::Pending;
+            };
             // Dropped here, inside the span already entered, so that
             // `drop` has nothing left to enter the span for.
             this.inner.set(None);
+            add_busy(this.timing, this.span, start, this.busy_ns, this.polled);
             output
         };
         *this.done = true;

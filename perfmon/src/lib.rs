@@ -139,6 +139,7 @@ mod alert_state;
 pub mod alerts;
 mod analysis;
 mod builder;
+mod busy;
 #[cfg(feature = "cli")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod cli;

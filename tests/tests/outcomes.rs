@@ -145,6 +145,82 @@ fn futures_report_busy_time_apart_from_wall_time() {
     assert_eq!(run.outcome, Outcome::Succeeded);
 }
 
+/// `track_agent`'s futures time their own polls (no lookup of their span
+/// per poll) and hand the total to the layer when dropped. The first such
+/// future in the process teaches perfmon its callsite (timed by the layer);
+/// every later one times itself: both give the same busy time.
+#[test]
+fn tracked_futures_time_their_own_polls_with_the_monitors_clock() {
+    let (monitor, clock, _g) = mocked();
+    for round in 0..3 {
+        let pipeline = monitor.start_pipeline(format!("round_{round}"));
+        let mut fut = Box::pin(
+            TwoPolls {
+                clock: clock.clone(),
+                work: ms(5),
+                polls: 0,
+            }
+            .track_agent("poller"),
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        clock.advance(ms(20)); // waiting, not busy
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(7));
+        clock.advance(ms(1)); // done, not yet dropped: not busy
+        drop(fut);
+        let report = pipeline.finish();
+        let run = &report.agents[0];
+        assert_eq!(run.duration, ms(31), "round {round}");
+        assert_eq!(run.busy, Some(ms(10)), "round {round}");
+    }
+}
+
+/// A future that makes a child span on its one poll and leaves it in
+/// `child`: the child keeps the future's span open after the future is
+/// dropped.
+struct LeavesAChild {
+    clock: MockClock,
+    child: Arc<std::sync::Mutex<Option<tracing::Span>>>,
+}
+
+impl Future for LeavesAChild {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        self.clock.advance(ms(4));
+        if let Ok(mut child) = self.child.lock() {
+            *child = Some(tracing::info_span!("callback"));
+        }
+        Poll::Ready(())
+    }
+}
+
+/// The run ends when its span closes, which a child span can delay past
+/// the future's drop: the busy time reaches the layer all the same.
+#[test]
+fn a_tracked_futures_busy_time_arrives_when_a_child_keeps_its_span_open() {
+    let (monitor, clock, _g) = mocked();
+    for round in 0..2 {
+        let pipeline = monitor.start_pipeline(format!("round_{round}"));
+        let child = Arc::new(std::sync::Mutex::new(None));
+        let mut fut = Box::pin(
+            LeavesAChild {
+                clock: clock.clone(),
+                child: Arc::clone(&child),
+            }
+            .track_agent("with-callback"),
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_ready());
+        drop(fut);
+        clock.advance(ms(6)); // the span is still open: wall time, not busy
+        drop(child.lock().unwrap().take());
+        let report = pipeline.finish();
+        let run = &report.agents[0];
+        assert_eq!(run.duration, ms(10), "round {round}");
+        assert_eq!(run.busy, Some(ms(4)), "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn async_agents_ok_err_and_cancelled() {
     let (monitor, _clock, _g) = mocked();

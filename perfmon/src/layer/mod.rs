@@ -44,6 +44,7 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use self::callsites::{Callsites, Kind};
 use self::open_runs::{Local, Stacks};
 use self::visitors::{AgentVisitor, ErrorVisitor, NameVisitor, OutcomeVisitor, ProgressVisitor};
+use crate::busy;
 use crate::coverage::Coverage;
 use crate::events::EventKind;
 use crate::fields::PIPELINE_FIELD;
@@ -139,6 +140,20 @@ struct Busy {
     entered_at: quanta::Instant,
     depth: u32,
     entered: bool,
+    /// Timed by the future itself (`busy`): the layer only takes its total.
+    self_timed: bool,
+}
+
+impl Busy {
+    /// The total a self-timing future handed over (`None`: never polled).
+    fn set_total(&mut self, busy_ns: Option<u64>) {
+        if self.self_timed
+            && let Some(ns) = busy_ns
+        {
+            self.total_ns = ns;
+            self.entered = true;
+        }
+    }
 }
 
 /// Per-span state of a pipeline, in the span's extensions.
@@ -229,6 +244,36 @@ impl WithPipeline {
     }
 }
 
+/// Lets perfmon's own futures time their polls on the monitor's clock and
+/// hand the layer their busy time (`busy`), found on the dispatcher like
+/// [`WithPipeline`].
+#[derive(Clone, Copy)]
+pub(crate) struct WithBusy {
+    now: fn(&Dispatch) -> Option<quanta::Instant>,
+    set: fn(&Dispatch, &Id, Option<u64>),
+}
+
+impl WithBusy {
+    /// The hooks of the layer in `span`'s subscriber, if there is one.
+    pub(crate) fn of(span: &tracing::Span) -> Option<WithBusy> {
+        span.with_subscriber(|(_, dispatch)| dispatch.downcast_ref::<WithBusy>().copied())
+            .flatten()
+    }
+
+    /// Now, on the clock of the monitor recording `span`.
+    #[inline]
+    pub(crate) fn now(self, span: &tracing::Span) -> Option<quanta::Instant> {
+        span.with_subscriber(|(_, dispatch)| (self.now)(dispatch))
+            .flatten()
+    }
+
+    /// Hands the busy time of the span `id` to the layers in `dispatch`
+    /// (when its span did not close as the future was dropped).
+    pub(crate) fn set(self, dispatch: &Dispatch, id: &Id, busy_ns: Option<u64>) {
+        (self.set)(dispatch, id, busy_ns);
+    }
+}
+
 /// Lets `usage!` (feature `otel`) find the current run's usage totals
 /// through the dispatcher, to record them on the run's span.
 #[cfg(feature = "otel")]
@@ -261,6 +306,7 @@ pub struct PerfmonLayer<S> {
     /// agents and unrelated spans pay nothing for busy tracking.
     busy_open: AtomicUsize,
     with_pipeline: WithPipeline,
+    with_busy: WithBusy,
     #[cfg(feature = "otel")]
     with_run_usage: WithRunUsage,
     _subscriber: PhantomData<fn(S)>,
@@ -284,6 +330,10 @@ where
             callsites: Callsites::new(),
             busy_open: AtomicUsize::new(0),
             with_pipeline: WithPipeline(Self::pipeline_of),
+            with_busy: WithBusy {
+                now: Self::now_of,
+                set: Self::set_busy,
+            },
             #[cfg(feature = "otel")]
             with_run_usage: WithRunUsage(Self::run_usage),
             _subscriber: PhantomData,
@@ -295,6 +345,24 @@ where
         let span = subscriber.span(id)?;
         let ext = span.extensions();
         per_layer::get::<PipelineData>(&ext, key).map(|p| Arc::clone(&p.state))
+    }
+
+    fn now_of(dispatch: &Dispatch) -> Option<quanta::Instant> {
+        Some(dispatch.downcast_ref::<Self>()?.recorder.now())
+    }
+
+    fn set_busy(dispatch: &Dispatch, id: &Id, busy_ns: Option<u64>) {
+        let Some(subscriber) = dispatch.downcast_ref::<S>() else {
+            return;
+        };
+        let Some(span) = subscriber.span(id) else {
+            return;
+        };
+        per_layer::for_each_mut::<AgentData>(&mut span.extensions_mut(), |run| {
+            if let Some(busy) = &mut run.busy {
+                busy.set_total(busy_ns);
+            }
+        });
     }
 
     /// The one walk up the span tree: from `first` up through its
@@ -432,8 +500,9 @@ where
             return;
         }
         let mut ext = span.extensions_mut();
-        if let Some(busy) =
-            per_layer::get_mut::<AgentData>(&mut ext, self.key).and_then(|d| d.busy.as_mut())
+        if let Some(busy) = per_layer::get_mut::<AgentData>(&mut ext, self.key)
+            .and_then(|d| d.busy.as_mut())
+            .filter(|b| !b.self_timed)
         {
             f(busy, &self.recorder);
         }
@@ -455,7 +524,14 @@ where
     }
 
     /// The state of a run that opens with `attrs` at `placement`.
-    fn open_agent(&self, attrs: &Attributes<'_>, placement: Placement, sync: bool) -> AgentData {
+    /// `self_timed`: a future that times its own polls (`busy`).
+    fn open_agent(
+        &self,
+        attrs: &Attributes<'_>,
+        placement: Placement,
+        sync: bool,
+        self_timed: bool,
+    ) -> AgentData {
         let recorder = &self.recorder;
         // A guard's span: the guard offered the entry (no field visit).
         let (entry, kind) = match recorder.agents.take_hint(attrs.metadata()) {
@@ -478,7 +554,7 @@ where
             None => (Ticket::Late, recorder.active_count() > 0),
         };
         entry.run_started();
-        if !sync {
+        if !sync && !self_timed {
             self.busy_open.fetch_add(1, Ordering::Relaxed);
         }
         recorder.publish(pipeline.as_ref().map(|p| Arc::clone(&p.id)), start, || {
@@ -502,6 +578,7 @@ where
                 entered_at: start,
                 depth: 0,
                 entered: false,
+                self_timed,
             }),
             outcome: None,
             children: OnceLock::new(),
@@ -525,7 +602,7 @@ where
         let end = recorder.now();
         let duration = end.saturating_duration_since(data.start);
         let busy_tracked = data.busy.is_some();
-        if busy_tracked {
+        if data.busy.as_ref().is_some_and(|b| !b.self_timed) {
             self.busy_open.fetch_sub(1, Ordering::Relaxed);
         }
         let busy = data
@@ -678,7 +755,7 @@ where
                     None
                 }
                 .unwrap_or_default();
-                let mut run = Some(self.open_agent(attrs, placement, true));
+                let mut run = Some(self.open_agent(attrs, placement, true, false));
                 let _ = LOCAL_RUNS.try_with(|local| {
                     if let Some(run) = run.take() {
                         local.push(self.id, id.into_u64(), run);
@@ -696,7 +773,8 @@ where
                 let placement = self
                     .nearest(span.parent(), |n| n.placement())
                     .unwrap_or_default();
-                let run = self.open_agent(attrs, placement, false);
+                let self_timed = busy::self_timed(attrs.metadata());
+                let run = self.open_agent(attrs, placement, false, self_timed);
                 per_layer::insert(&mut span.extensions_mut(), self.key, run);
             }
             Kind::Pipeline => {
@@ -906,7 +984,14 @@ where
                     None if kind == Kind::AgentSync => OPEN_RUNS.take_any(self.id, id.into_u64()),
                     None => None,
                 };
-                if let Some(run) = run {
+                if let Some(mut run) = run {
+                    // A future that timed itself is being dropped: its total.
+                    if let Some(busy) = &mut run.busy
+                        && busy.self_timed
+                        && let Some(offered) = busy::offered(id.into_u64())
+                    {
+                        busy.set_total(offered);
+                    }
                     self.close_agent(run);
                 }
             }
@@ -933,6 +1018,8 @@ where
             Some(self as *const Self as *const ())
         } else if id == TypeId::of::<WithPipeline>() {
             Some(&self.with_pipeline as *const WithPipeline as *const ())
+        } else if id == TypeId::of::<WithBusy>() {
+            Some(&self.with_busy as *const WithBusy as *const ())
         } else {
             self.run_usage_hook(id)
         }

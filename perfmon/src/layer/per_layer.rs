@@ -65,6 +65,17 @@ pub(super) fn get_mut<'a, T: Send + Sync + 'static>(
     ext.get_mut::<PerLayer<T>>()?.get_mut(key)
 }
 
+/// Every monitor's value, to change.
+pub(super) fn for_each_mut<T: Send + Sync + 'static>(
+    ext: &mut ExtensionsMut<'_>,
+    mut f: impl FnMut(&mut T),
+) {
+    if let Some(all) = ext.get_mut::<PerLayer<T>>() {
+        f(&mut all.first.1);
+        all.rest.iter_mut().for_each(|(_, value)| f(value));
+    }
+}
+
 /// Takes the monitor `key`'s value out.
 pub(super) fn remove<T: Send + Sync + 'static>(
     ext: &mut ExtensionsMut<'_>,
