@@ -269,7 +269,8 @@ impl Monitor {
 
     /// The tracing layer that records into this monitor. Add it to a
     /// `tracing_subscriber::registry()` once; each layer you add records
-    /// every span again.
+    /// every span again. The layers of several monitors can share one
+    /// subscriber: each monitor sees every span and keeps its own state.
     #[must_use = "the layer records nothing until it is added to a subscriber: registry().with(monitor.layer())"]
     pub fn layer<S>(&self) -> PerfmonLayer<S>
     where
