@@ -44,7 +44,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use crate::outcome::Outcome;
-use crate::pipeline::{PipelineState, RunExtras, Ticket, Timing};
+use crate::pipeline::{Closer, PipelineState, RunExtras, Ticket, Timing};
 use crate::stats::{AgentEntry, FinishedRun};
 use crate::sync::lock;
 
@@ -75,17 +75,38 @@ pub(crate) struct Finished {
 
 impl Finished {
     /// Counts the run in its agent's statistics and its pipeline.
-    pub(crate) fn apply(self) {
-        let outcome = self.outcome.map(|o| *o).unwrap_or_default();
-        let usage = self
-            .extras
-            .as_ref()
-            .map(|e| e.usage)
-            .filter(|u| !u.is_zero());
-        self.entry
-            .run_finished(self.timing.wall, self.timing.self_time, &outcome, usage);
-        if let Some((pipeline, ticket)) = self.pipeline {
-            pipeline.close_run(ticket, &self.entry.name, self.timing, &outcome, self.extras);
+    pub(crate) fn apply(mut self) {
+        self.entry.runs_finished(&[self.view()]);
+        if let Some((pipeline, _)) = self.pipeline.clone() {
+            pipeline.closing(|closer| self.close_in(closer));
+        }
+    }
+
+    /// Records its end in its pipeline, whose lock `closer` holds.
+    fn close_in(&mut self, closer: &mut Closer<'_>) {
+        if let Some((_, ticket)) = &self.pipeline {
+            let outcome = self.outcome.as_deref().unwrap_or(&SUCCEEDED);
+            closer.close(
+                *ticket,
+                &self.entry.name,
+                self.timing,
+                outcome,
+                self.extras.take(),
+            );
+        }
+    }
+
+    /// What the agent's statistics take of it.
+    fn view(&self) -> FinishedRun<'_> {
+        FinishedRun {
+            wall: self.timing.wall,
+            self_time: self.timing.self_time,
+            outcome: self.outcome.as_deref().unwrap_or(&SUCCEEDED),
+            usage: self
+                .extras
+                .as_ref()
+                .map(|e| e.usage)
+                .filter(|u| !u.is_zero()),
         }
     }
 }
@@ -97,18 +118,7 @@ fn apply_all(batch: &mut Vec<Finished>) {
     let mut views = Vec::new();
     for group in batch.chunk_by(|a, b| Arc::ptr_eq(&a.entry, &b.entry)) {
         views.clear();
-        views.extend(group.iter().map(|run| {
-            FinishedRun {
-                wall: run.timing.wall,
-                self_time: run.timing.self_time,
-                outcome: run.outcome.as_deref().unwrap_or(&SUCCEEDED),
-                usage: run
-                    .extras
-                    .as_ref()
-                    .map(|e| e.usage)
-                    .filter(|u| !u.is_zero()),
-            }
-        }));
+        views.extend(group.iter().map(Finished::view));
         if let Some(first) = group.first() {
             first.entry.runs_finished(&views);
         }
@@ -124,16 +134,7 @@ fn apply_all(batch: &mut Vec<Finished>) {
         };
         pipeline.closing(|closer| {
             for run in group.iter_mut() {
-                if let Some((_, ticket)) = &run.pipeline {
-                    let outcome = run.outcome.as_deref().unwrap_or(&SUCCEEDED);
-                    closer.close(
-                        *ticket,
-                        &run.entry.name,
-                        run.timing,
-                        outcome,
-                        run.extras.take(),
-                    );
-                }
+                run.close_in(closer);
             }
         });
     }

@@ -208,18 +208,6 @@ impl PipelineState {
         Ticket::Slot(index)
     }
 
-    /// Records the end of a run opened with `open_run`.
-    pub(crate) fn close_run(
-        &self,
-        ticket: Ticket,
-        agent: &Arc<str>,
-        timing: Timing,
-        outcome: &Outcome,
-        extras: Option<Box<RunExtras>>,
-    ) {
-        self.closing(|closer| closer.close(ticket, agent, timing, outcome, extras));
-    }
-
     /// Records the ends of runs with one lock: `f` calls
     /// [`Closer::close`] for each.
     pub(crate) fn closing<R>(&self, f: impl FnOnce(&mut Closer<'_>) -> R) -> R {

@@ -346,7 +346,9 @@ impl AgentEntry {
         self.running.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records one finished run, with the usage it reported.
+    /// Records one finished run, with the usage it reported (the fleet's
+    /// state; the layer's runs come in batches: `runs_finished`).
+    #[cfg_attr(not(any(feature = "fleet", test)), allow(dead_code))]
     pub(crate) fn run_finished(
         &self,
         duration: Duration,
