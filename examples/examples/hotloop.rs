@@ -17,9 +17,11 @@
 //! (`perfmon::agent` with the layer), `pipeline` (the same inside one
 //! pipeline), `future` (a ready future tracked with `track_agent`, polled
 //! once), `future-registry` (the same future `.instrument`ed, Registry only:
-//! the async baseline), `nested` (an agent with one agent inside it: two
-//! runs per iteration, and the inner one's time subtracted from the outer
-//! one's self time), `tool` (`perfmon::tool` inside one pipeline: compare
+//! the async baseline), `future-pipeline` (`future` inside one pipeline),
+//! `unrelated` (a span that is not perfmon's, with the layer: what every
+//! other span pays) and `unrelated-registry` (its baseline), `nested` (an
+//! agent with one agent inside it: two runs per iteration, and the inner
+//! one's time subtracted from the outer one's self time), `tool` (`perfmon::tool` inside one pipeline: compare
 //! with `pipeline`), `pipelines` (finished pipelines of ten runs each),
 //! `pipelines-history` (the same with a history file in the temporary
 //! directory: count the host thread alone with `--separate-threads=yes`),
@@ -47,6 +49,14 @@ fn bare_span() {
         perfmon.outcome = Empty,
         perfmon.error = Empty,
     );
+    drop(black_box(span.entered()));
+}
+
+/// A span that is not perfmon's, entered and closed: what every other
+/// span of the program pays for perfmon's layer.
+#[inline(always)]
+fn plain_span() {
+    let span = tracing::info_span!("work", step = 1);
     drop(black_box(span.entered()));
 }
 
@@ -160,6 +170,29 @@ fn main() {
                 let _ = black_box(fut.as_mut().poll(&mut cx));
             }
         }),
+        "future-pipeline" => tracing::dispatcher::with_default(&with_layer(), || {
+            use perfmon::TrackAgentExt;
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let pipeline = monitor.start_pipeline("loop");
+            for _ in 0..runs {
+                let mut fut = std::pin::pin!(std::future::ready(1).track_agent("retrieval"));
+                let _ = black_box(fut.as_mut().poll(&mut cx));
+            }
+            drop(pipeline);
+        }),
+        "unrelated" => tracing::dispatcher::with_default(&with_layer(), || {
+            for _ in 0..runs {
+                plain_span();
+            }
+        }),
+        "unrelated-registry" => {
+            let registry = tracing::Dispatch::new(tracing_subscriber::registry());
+            tracing::dispatcher::with_default(&registry, || {
+                for _ in 0..runs {
+                    plain_span();
+                }
+            });
+        }
         "future-registry" => {
             let registry = tracing::Dispatch::new(tracing_subscriber::registry());
             tracing::dispatcher::with_default(&registry, || {
@@ -184,7 +217,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown mode {other:?}: registry | registry-nested | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-registry | none | none-bare"
+                "unknown mode {other:?}: registry | registry-nested | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-pipeline | future-registry | unrelated | unrelated-registry | none | none-bare"
             );
             std::process::exit(2);
         }

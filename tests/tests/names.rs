@@ -3,7 +3,9 @@
 //! reading the span's fields), and a thread remembers the pipeline its runs
 //! last opened in (the layer then skips looking the pipeline's span up):
 //! these tests check that both are always the right ones, with two monitors
-//! on one thread or in one subscriber, and agents and tools sharing a name.
+//! on one thread or in one subscriber, and agents and tools sharing a name,
+//! and that a run whose span closes on another thread is still counted (the
+//! layer skips looking up spans it holds no state for).
 
 use perfmon::{Monitor, RunKind};
 use tracing_subscriber::layer::SubscriberExt;
@@ -132,4 +134,36 @@ async fn two_monitors_in_one_subscriber_each_file_runs_in_their_own_pipeline() {
             assert_eq!(report.agents.len(), 4, "{name}: {report:?}");
         }
     }
+}
+
+#[test]
+fn a_run_whose_span_closes_on_another_thread_is_counted_in_its_pipeline() {
+    let monitor = Monitor::new();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(monitor.layer()));
+    let _g = tracing::dispatcher::set_default(&dispatch);
+    let pipeline = monitor.start_pipeline("p");
+    for round in 0..3 {
+        let guard = perfmon::agent("geometry");
+        // A clone of the run's span outlives the guard, on another thread:
+        // the span closes there, and the run with it.
+        let (span, (sent, held)) = (guard.span().clone(), std::sync::mpsc::channel());
+        let (dropped, done) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let span: tracing::Span = held.recv().unwrap();
+            drop(span);
+            dropped.send(()).unwrap();
+        });
+        drop(guard);
+        sent.send(span).unwrap();
+        done.recv().unwrap();
+        worker.join().unwrap();
+        assert_eq!(
+            monitor.agent_stats("geometry").map(|s| s.runs),
+            Some(round + 1),
+            "round {round}"
+        );
+    }
+    let report = pipeline.finish();
+    assert_eq!(report.agents.len(), 3, "{report:?}");
+    assert!(report.unfinished.is_empty(), "{report:?}");
 }

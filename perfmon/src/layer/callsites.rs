@@ -39,6 +39,11 @@ impl Kind {
         })
     }
 
+    /// A span perfmon keeps state for (a run or a pipeline), not an event.
+    pub(crate) fn is_span(self) -> bool {
+        matches!(self, Kind::Pipeline | Kind::Agent | Kind::AgentSync)
+    }
+
     /// What a callsite is to perfmon, from its metadata alone. Tool spans
     /// are agent kinds: the run's kind (agent or tool) is read with its name.
     pub(crate) fn classify(meta: &Metadata<'_>) -> Option<Kind> {

@@ -8,9 +8,10 @@
 //! which may close on any thread) and pipelines keep theirs in the span's
 //! extensions, one entry per monitor ([`per_layer`]). A guard offers the
 //! layer its run's agent entry (`agent_table`), so the span's fields are
-//! not visited; a run opening right inside a pipeline's span finds the
-//! pipeline this thread's runs last opened in ([`parent_pipeline`]) without
-//! a lookup. A closed run goes to the thread's buffer (`pending`); the
+//! not visited; the current span comes from the layer's own record of
+//! the spans entered on this thread ([`entered`]), and a run opening right
+//! inside a pipeline's span finds the pipeline this thread's runs last
+//! opened in ([`parent_pipeline`]): neither is a registry lookup. A closed run goes to the thread's buffer (`pending`); the
 //! statistics and the pipeline are updated in batches. The only locks on
 //! the way of a span are the thread's own stack and buffer, the span's
 //! extensions lock (futures, pipelines) and its pipeline's mutex (when it
@@ -21,6 +22,8 @@
 //! the hooks in [`hooks`], found on the dispatcher.
 
 mod callsites;
+mod entered;
+mod held;
 mod hooks;
 mod open_runs;
 mod parent_pipeline;
@@ -43,6 +46,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use self::callsites::{Callsites, Kind};
+use self::held::Held;
 #[cfg(feature = "otel")]
 pub(crate) use self::hooks::{RunUsage, WithRunUsage};
 pub(crate) use self::hooks::{WithBusy, WithPipeline};
@@ -241,6 +245,9 @@ pub struct PerfmonLayer<S> {
     key: usize,
     recorder: Arc<Recorder>,
     callsites: Callsites,
+    /// Its open perfmon spans, counted per bucket of ids: other spans close
+    /// without a lookup.
+    held: Held,
     /// Open agent spans whose busy time is tracked. While it is zero,
     /// `on_enter`/`on_exit` return before looking the span up, so sync
     /// agents and unrelated spans pay nothing for busy tracking.
@@ -268,6 +275,7 @@ where
             key: Arc::as_ptr(&recorder) as usize,
             recorder,
             callsites: Callsites::new(),
+            held: Held::new(),
             busy_open: AtomicUsize::new(0),
             with_pipeline: WithPipeline(Self::pipeline_of),
             with_busy: WithBusy {
@@ -333,34 +341,47 @@ where
         None
     }
 
-    /// Like [`nearest`](Self::nearest), from the span `first`: a run open on
-    /// this thread is found without looking the span up.
-    fn nearest_from_id<R>(
-        &self,
-        ctx: &Context<'_, S>,
-        first: Option<&Id>,
-        mut read: impl FnMut(Nearest<'_>) -> R,
-    ) -> Option<R> {
-        let first = first?;
-        if let Some(found) = local_run(self.id, first, |run| read(Nearest::Agent(run))) {
-            return Some(found);
+    /// Where a run that opens with `attrs` goes: in its explicit parent, or
+    /// in the current span (from this thread's own stack, [`entered`]).
+    fn placement(&self, attrs: &Attributes<'_>, ctx: &Context<'_, S>) -> Placement {
+        if let Some(parent) = attrs.parent() {
+            self.placement_in(ctx, parent.into_u64())
+        } else if attrs.is_contextual() {
+            match entered::current(self.id) {
+                entered::Current::Span(parent) => self.placement_in(ctx, parent),
+                entered::Current::None => None,
+                entered::Current::Unknown => ctx
+                    .current_span()
+                    .id()
+                    .and_then(|parent| self.placement_in(ctx, parent.into_u64())),
+            }
+        } else {
+            None
         }
-        self.nearest(ctx.span(first), read)
+        .unwrap_or_default()
     }
 
-    /// Where a run opening right inside the pipeline span `span` goes: the
-    /// pipeline this thread remembers for it (no lookup), or the one found.
-    fn in_pipeline(&self, ctx: &Context<'_, S>, span: &Id) -> Option<Placement> {
-        if let Some(state) = parent_pipeline::find(self.id, span.into_u64()) {
+    /// Where a run opening right inside the span `span` goes. Without a
+    /// registry lookup when `span` is the pipeline this thread remembers
+    /// or a synchronous run open on this thread (nearly always).
+    fn placement_in(&self, ctx: &Context<'_, S>, span: u64) -> Option<Placement> {
+        if let Some(state) = parent_pipeline::find(self.id, span) {
             return Some(Placement {
                 pipeline: Some(state),
                 slot: None,
                 parent: None,
             });
         }
-        let placement = self.nearest(ctx.span(span), |n| n.placement())?;
-        if let Some(state) = &placement.pipeline {
-            parent_pipeline::remember(self.id, span.into_u64(), state);
+        // Never zero: it came from an `Id`.
+        let id = Id::from_non_zero_u64(std::num::NonZeroU64::new(span)?);
+        if let Some(found) = local_run(self.id, &id, |run| Nearest::Agent(run).placement()) {
+            return Some(found);
+        }
+        let span_ref = ctx.span(&id)?;
+        let is_pipeline = self.kind(span_ref.metadata()) == Some(Kind::Pipeline);
+        let placement = self.nearest(Some(span_ref), |n| n.placement())?;
+        if is_pipeline && let Some(state) = &placement.pipeline {
+            parent_pipeline::remember(self.id, span, state);
         }
         Some(placement)
     }
@@ -435,6 +456,13 @@ where
         if self.busy_open.load(Ordering::Relaxed) == 0 {
             return;
         }
+        self.with_busy_span(id, ctx, f);
+    }
+
+    /// [`with_busy`](Self::with_busy) past its first check: out of line,
+    /// so that entering a span that needs none of it stays small.
+    #[inline(never)]
+    fn with_busy_span(&self, id: &Id, ctx: &Context<'_, S>, f: impl FnOnce(&mut Busy, &Recorder)) {
         let Some(span) = ctx.span(id) else { return };
         if self.kind(span.metadata()) != Some(Kind::Agent) {
             return;
@@ -677,24 +705,14 @@ where
         let Some(kind) = self.kind(attrs.metadata()) else {
             return;
         };
+        if kind.is_span() {
+            self.held.add(id.into_u64());
+        }
         match kind {
             Kind::AgentSync => {
                 // Kept on this thread's stack of open runs: no registry
                 // lookup of the new span, no extension.
-                let placement = if let Some(parent) = attrs.parent() {
-                    self.nearest_from_id(&ctx, Some(parent), |n| n.placement())
-                } else if attrs.is_contextual() {
-                    let current = ctx.current_span();
-                    match (current.id(), current.metadata()) {
-                        (Some(parent), Some(meta)) if self.kind(meta) == Some(Kind::Pipeline) => {
-                            self.in_pipeline(&ctx, parent)
-                        }
-                        (parent, _) => self.nearest_from_id(&ctx, parent, |n| n.placement()),
-                    }
-                } else {
-                    None
-                }
-                .unwrap_or_default();
+                let placement = self.placement(attrs, &ctx);
                 let mut run = Some(self.open_agent(attrs, placement, true, false));
                 let _ = LOCAL_RUNS.try_with(|local| {
                     if let Some(run) = run.take() {
@@ -710,9 +728,7 @@ where
             }
             Kind::Agent => {
                 let Some(span) = ctx.span(id) else { return };
-                let placement = self
-                    .nearest(span.parent(), |n| n.placement())
-                    .unwrap_or_default();
+                let placement = self.placement(attrs, &ctx);
                 let self_timed = busy::self_timed(attrs.metadata());
                 let run = self.open_agent(attrs, placement, false, self_timed);
                 per_layer::insert(&mut span.extensions_mut(), self.key, run);
@@ -803,6 +819,7 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        entered::enter(self.id, id.into_u64());
         self.with_busy(id, &ctx, |busy, recorder| {
             if busy.depth == 0 {
                 busy.entered_at = recorder.now();
@@ -813,6 +830,7 @@ where
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        entered::exit(self.id, id.into_u64());
         self.with_busy(id, &ctx, |busy, recorder| {
             if busy.depth == 0 {
                 return;
@@ -907,12 +925,20 @@ where
         // A synchronous run closing on the thread that opened it (nearly
         // all of them): no registry lookup.
         if let Ok(Some(run)) = LOCAL_RUNS.try_with(|local| local.take(self.id, id.into_u64())) {
+            self.held.remove(id.into_u64());
             return self.close_agent(run);
+        }
+        // Not perfmon's (no open perfmon span shares its bucket): no lookup.
+        if !self.held.may_hold(id.into_u64()) {
+            return;
         }
         let Some(span) = ctx.span(&id) else { return };
         let Some(kind) = self.kind(span.metadata()) else {
             return;
         };
+        if kind.is_span() {
+            self.held.remove(id.into_u64());
+        }
         let mut ext = span.extensions_mut();
         match kind {
             Kind::Agent | Kind::AgentSync => {
