@@ -18,6 +18,7 @@
 //! pipeline), `future` (a ready future tracked with `track_agent`, polled
 //! once), `future-registry` (the same future `.instrument`ed, Registry only:
 //! the async baseline), `future-pipeline` (`future` inside one pipeline),
+//! `future-fn` (a `#[track_agent] async fn`, ready at once, polled once),
 //! `unrelated` (a span that is not perfmon's, with the layer: what every
 //! other span pays) and `unrelated-registry` (its baseline), `nested` (an
 //! agent with one agent inside it: two runs per iteration, and the inner
@@ -50,6 +51,12 @@ fn bare_span() {
         perfmon.error = Empty,
     );
     drop(black_box(span.entered()));
+}
+
+/// A tracked `async fn` that is ready at once.
+#[perfmon::track_agent]
+async fn retrieval() -> u32 {
+    1
 }
 
 /// A span that is not perfmon's, entered and closed: what every other
@@ -170,6 +177,13 @@ fn main() {
                 let _ = black_box(fut.as_mut().poll(&mut cx));
             }
         }),
+        "future-fn" => tracing::dispatcher::with_default(&with_layer(), || {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            for _ in 0..runs {
+                let mut fut = std::pin::pin!(retrieval());
+                let _ = black_box(fut.as_mut().poll(&mut cx));
+            }
+        }),
         "future-pipeline" => tracing::dispatcher::with_default(&with_layer(), || {
             use perfmon::TrackAgentExt;
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -217,7 +231,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown mode {other:?}: registry | registry-nested | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-pipeline | future-registry | unrelated | unrelated-registry | none | none-bare"
+                "unknown mode {other:?}: registry | registry-nested | perfmon | pipeline | pipelines | pipelines-history | tool | nested | future | future-fn | future-pipeline | future-registry | unrelated | unrelated-registry | none | none-bare"
             );
             std::process::exit(2);
         }

@@ -190,6 +190,14 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
         }
     }
     let span_ident = format_ident!("__perfmon_span");
+    // An agent's or tool's future (an `async fn`, or the boxed body
+    // `#[async_trait]` left) times its own polls: its site says so.
+    let timed = is_async || async_trait_body(&mut item.block.clone()).is_some();
+    let site = if timed {
+        quote!(::perfmon::__private::HintSite::timed())
+    } else {
+        quote!(::perfmon::__private::HintSite::new())
+    };
     let make_span = match kind {
         // The name is a literal: offered to the layer, which then need not
         // visit the span's fields to learn it (`__private::NameOffer`).
@@ -201,8 +209,7 @@ pub(crate) fn expand(kind: Kind, args: &Args, mut item: ItemFn) -> TokenStream {
             };
             quote! {
                 let #span_ident = {
-                    static __PERFMON_SITE: ::perfmon::__private::HintSite =
-                        ::perfmon::__private::HintSite::new();
+                    static __PERFMON_SITE: ::perfmon::__private::HintSite = #site;
                     let __perfmon_offer =
                         ::perfmon::__private::NameOffer::new(&__PERFMON_SITE, #identity, #run_kind);
                     let #span_ident = ::perfmon::__perfmon_span!(#span_kind, #span_name, #identity; #fields);

@@ -54,7 +54,9 @@
 //! ```text
 //! async fn physics(x: u32) -> f64 {
 //!     if false { let __perfmon_fake_return: f64 = loop {}; return __perfmon_fake_return; }
-//!     let __perfmon_span = { /* as above, without perfmon.sync */ };
+//!     // As above, without perfmon.sync, at a `HintSite::timed()`: the
+//!     // future times its own polls, the layer leaves its busy time to it.
+//!     let __perfmon_span = { /* ... */ };
 //!     ::perfmon::__private::track_future(
 //!         __perfmon_span,
 //!         async move { let __perfmon_output: f64 = { solve(x).await }; __perfmon_output },

@@ -8,11 +8,11 @@ pub use tracing;
 use tracing::Span;
 use tracing::span::EnteredSpan;
 
-pub use crate::agent_table::HintSite;
 use crate::agent_table::Offer;
 use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
 use crate::guard::{TrackedAgent, otel_status};
 use crate::outcome::Outcome;
+pub use crate::site::HintSite;
 
 /// Offers the layer the entry of a tracked function's agent (or tool) while
 /// its span is made (see `agent_table::Offer`).
@@ -59,7 +59,13 @@ pub fn track_future<F: Future>(
     error_of: fn(&F::Output) -> Option<String>,
     ends_pipeline: bool,
 ) -> TrackedAgent<F> {
-    TrackedAgent::from_span(span, future, error_of, ends_pipeline)
+    if ends_pipeline {
+        TrackedAgent::from_span(span, future, error_of, true)
+    } else {
+        // An agent's or tool's: made at a `HintSite::timed()`, it times
+        // its own polls.
+        TrackedAgent::self_timed(span, future, error_of)
+    }
 }
 
 /// A synchronous function's span, entered for the duration of the call.

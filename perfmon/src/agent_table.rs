@@ -5,7 +5,7 @@
 //! without the layer visiting the span's fields.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 use tracing::{Metadata, Span};
 
 use crate::record::RunKind;
+use crate::site::HintSite;
 use crate::stats::AgentEntry;
 use crate::sync::lock;
 
@@ -199,44 +200,6 @@ struct Hint {
 thread_local! {
     /// The hint offered for the span being made on this thread.
     static HINT: Cell<Option<Hint>> = const { Cell::new(None) };
-}
-
-/// The callsite of a guard's span, learned from the first enabled span it
-/// made. Public only for the attribute macros' expansions (`__private`).
-#[derive(Debug)]
-pub struct HintSite(AtomicPtr<Metadata<'static>>);
-
-impl HintSite {
-    /// A site that has not made a span yet.
-    #[allow(clippy::new_without_default)]
-    pub const fn new() -> Self {
-        HintSite(AtomicPtr::new(std::ptr::null_mut()))
-    }
-
-    /// Its callsite, once learned.
-    #[inline]
-    pub(crate) fn get(&self) -> Option<&'static Metadata<'static>> {
-        let meta = self.0.load(Ordering::Acquire);
-        // SAFETY: the pointer is null or came from a `&'static Metadata`
-        // (`learn`), which lives for the whole program.
-        #[allow(unsafe_code)]
-        unsafe {
-            meta.as_ref()
-        }
-    }
-
-    /// Learns its callsite from `span`, if it is enabled (every thread that
-    /// races here stores the same one).
-    #[cold]
-    #[inline(never)]
-    fn learn_from(&self, span: &Span) {
-        if !span.is_disabled()
-            && let Some(meta) = span.metadata()
-        {
-            self.0
-                .store(std::ptr::from_ref(meta).cast_mut(), Ordering::Release);
-        }
-    }
 }
 
 /// An offer of an agent's entry to the layer, for the span about to be made

@@ -1,9 +1,11 @@
-//! Busy time of perfmon's own futures (`track_agent`, `track_tool`), timed
-//! by the futures themselves around each poll, instead of by the layer on
-//! every enter and exit of their span (two registry lookups per poll).
+//! Busy time of perfmon's own futures (`track_agent`, `track_tool`, and
+//! `async fn`s under `#[track_agent]`/`#[track_tool]`), timed by the
+//! futures themselves around each poll, instead of by the layer on every
+//! enter and exit of their span (two registry lookups per poll).
 //!
-//! The layer knows such a span by its callsite (learned, like the name
-//! offer's, from the first enabled span each site made). When the future is
+//! The layer knows such a span by its callsite (`site`: learned, like the
+//! name offer's, from the first enabled span each site made, and kept in
+//! the set of self-timing callsites). When the future is
 //! dropped it offers its total for the span about to close
 //! ([`at_close`]): the layer's `on_close`, on this thread, takes it. If the
 //! span does not close then (a clone or a child keeps it open), the future
@@ -13,19 +15,17 @@ use std::cell::Cell;
 
 use tracing::Metadata;
 
-use crate::agent_table::HintSite;
+use crate::site::{self, HintSite};
 
 /// The callsite of `track_agent`'s spans.
-pub(crate) static AGENT_SITE: HintSite = HintSite::new();
+pub(crate) static AGENT_SITE: HintSite = HintSite::timed();
 /// The callsite of `track_tool`'s spans.
-pub(crate) static TOOL_SITE: HintSite = HintSite::new();
+pub(crate) static TOOL_SITE: HintSite = HintSite::timed();
 
 /// Whether spans made at `meta` time their own busy time.
 #[inline]
 pub(crate) fn self_timed(meta: &'static Metadata<'static>) -> bool {
-    [&AGENT_SITE, &TOOL_SITE]
-        .iter()
-        .any(|site| site.get().is_some_and(|m| std::ptr::eq(m, meta)))
+    site::is_timed(meta)
 }
 
 /// A future's busy time, offered for its span while the span is dropped.

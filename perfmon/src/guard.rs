@@ -23,7 +23,7 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing::span::EnteredSpan;
 
-use crate::agent_table::{HintSite, Offer};
+use crate::agent_table::Offer;
 use crate::busy;
 use crate::fields::{ERROR_FIELD, OUTCOME_FIELD};
 use crate::layer::{WithBusy, WithPipeline};
@@ -31,6 +31,7 @@ use crate::outcome::Outcome;
 use crate::pipeline::PipelineState;
 use crate::record::{PipelineReport, RunKind};
 use crate::recorder::Recorder;
+use crate::site::HintSite;
 use crate::unseen;
 
 /// The error text of an `Err`: what fails a tracked `Result`.
@@ -624,8 +625,13 @@ impl<F: Future> TrackedAgent<F> {
         Self::self_timed(span, inner, error_of)
     }
 
-    /// A future of `track_agent` or `track_tool`: it times its own polls.
-    fn self_timed(span: Span, inner: F, error_of: fn(&F::Output) -> Option<String>) -> Self {
+    /// A future of `track_agent`, `track_tool` or a tracked `async fn`: it
+    /// times its own polls (its span's callsite is a `HintSite::timed()`).
+    pub(crate) fn self_timed(
+        span: Span,
+        inner: F,
+        error_of: fn(&F::Output) -> Option<String>,
+    ) -> Self {
         let mut tracked = Self::from_span(span, inner, error_of, false);
         tracked.timing = WithBusy::of(&tracked.span);
         tracked

@@ -168,6 +168,7 @@ mod record;
 mod recorder;
 #[cfg(feature = "process")]
 mod sampler;
+mod site;
 mod span_macros;
 mod stats;
 mod sync;

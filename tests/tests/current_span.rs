@@ -139,3 +139,57 @@ fn two_subscribers_on_one_thread_each_see_their_own_current_span() {
     assert_eq!(b.agent_stats("elsewhere").map(|s| s.runs), Some(1));
     assert_eq!(b.overview().runs_outside_pipeline, 1);
 }
+
+#[tokio::test]
+async fn with_a_filter_of_its_own_the_layer_files_runs_past_the_spans_it_hides() {
+    use perfmon::TrackAgentExt;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::Targets;
+    let monitor = Monitor::new();
+    // The set-up perfmon's filter warning suggests: perfmon's layer sees
+    // perfmon's spans only; the program's own spans are hidden from it.
+    let layer = monitor
+        .layer()
+        .with_filter(Targets::new().with_target("perfmon", tracing::Level::TRACE));
+    let _g = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(layer)
+            .with(EveryOtherSpan),
+    );
+    let pipeline = monitor.start_pipeline("p");
+    let step = tracing::info_span!(target: "app", "step");
+    assert!(
+        step.id().is_some(),
+        "the program's span exists, for the other layer"
+    );
+    for _ in 0..2 {
+        // Opened inside the hidden span: the current span, an explicit
+        // parent, and a future made there.
+        step.in_scope(|| drop(perfmon::agent("contextual")));
+        drop(
+            tracing::info_span!(target: "perfmon", parent: &step, "agent", perfmon.agent = "explicit"),
+        );
+        let future = step.in_scope(|| async {}.track_agent("future"));
+        future.await;
+    }
+    let report = pipeline.finish();
+    let agents: Vec<_> = report.agents.iter().map(|a| a.agent.as_str()).collect();
+    assert_eq!(
+        agents,
+        [
+            "contextual",
+            "explicit",
+            "future",
+            "contextual",
+            "explicit",
+            "future"
+        ]
+    );
+    assert_eq!(monitor.overview().runs_outside_pipeline, 0);
+}
+
+/// A layer that enables every span: the program's own layer (a log, a
+/// tracer), for which its spans exist.
+struct EveryOtherSpan;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EveryOtherSpan {}

@@ -11,6 +11,7 @@
 mod redis_server;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -38,6 +39,14 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // chromedriver leads its own process group (`start_driver`): the
+        // browser it started goes with it, also when a test panics (an
+        // orphaned Chromium would keep the page running, and loading the
+        // machine, through the tests that follow).
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -9 -{}", self.child.id()))
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -54,6 +63,7 @@ fn start_driver(path: &Path) -> Driver {
         .arg("--allowed-ips=127.0.0.1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("start chromedriver");
     let deadline = Instant::now() + Duration::from_secs(20);

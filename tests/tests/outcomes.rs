@@ -153,6 +153,41 @@ fn futures_report_busy_time_apart_from_wall_time() {
     }
 }
 
+#[perfmon::track_agent]
+async fn polled_twice(clock: MockClock) -> u32 {
+    TwoPolls {
+        clock,
+        work: ms(5),
+        polls: 0,
+    }
+    .await
+}
+
+/// An `async fn` under `#[track_agent]` times its own polls too (its
+/// callsite is registered as self-timing by its first span, which the
+/// layer times): every round gives the same busy time.
+#[test]
+fn a_tracked_async_fn_reports_busy_time_apart_from_wall_time() {
+    let (monitor, clock, _g) = mocked();
+    for round in 0..3 {
+        let pipeline = monitor.start_pipeline(format!("round_{round}"));
+        let mut fut = Box::pin(polled_twice(clock.clone()));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        clock.advance(ms(20)); // waiting, not busy
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(7));
+        clock.advance(ms(1)); // after the end: the body's future is gone
+        drop(fut);
+        let report = pipeline.finish();
+        let run = &report.agents[0];
+        assert_eq!(run.agent, "polled_twice");
+        // The span is made at the first poll and closes as the body ends.
+        assert_eq!(run.duration, ms(30), "round {round}");
+        assert_eq!(run.busy, Some(ms(10)), "round {round}");
+        assert_eq!(run.outcome, Outcome::Succeeded);
+    }
+}
+
 /// A future that makes a child span on its one poll and leaves it in
 /// `child`: the child keeps the future's span open after the future is
 /// dropped.

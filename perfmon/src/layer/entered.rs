@@ -20,7 +20,8 @@
 //! Under a per-layer filter the layer sees only the spans its filter
 //! enables: the current span is then the innermost *enabled* span entered
 //! on this thread, which is what a run opening there belongs to in that
-//! layer's view.
+//! layer's view (the registry's own current span may be one the filter
+//! hides, which the layer could not look up).
 //!
 //! Imports nothing from the crate.
 

@@ -11,8 +11,10 @@
 //! not visited; the current span comes from the layer's own record of
 //! the spans entered on this thread ([`entered`]), and a run opening right
 //! inside a pipeline's span finds the pipeline this thread's runs last
-//! opened in ([`parent_pipeline`]): neither is a registry lookup. A closed run goes to the thread's buffer (`pending`); the
-//! statistics and the pipeline are updated in batches. The only locks on
+//! opened in ([`parent_pipeline`]): neither is a registry lookup. A span
+//! that is not perfmon's closes without a lookup ([`held`]). A closed run
+//! goes to the thread's buffer (`pending`); the statistics and the
+//! pipeline are updated in batches. The only locks on
 //! the way of a span are the thread's own stack and buffer, the span's
 //! extensions lock (futures, pipelines) and its pipeline's mutex (when it
 //! opens in one): none is shared by all spans.
@@ -118,6 +120,9 @@ struct Children {
     start: quanta::Instant,
     cover: Mutex<Coverage>,
 }
+
+/// A span the layer's per-layer filter hides (`Context::span` finds nothing).
+struct Hidden;
 
 /// Where a new run goes: its pipeline, its parent's slot there, and its
 /// parent run's `children`.
@@ -341,49 +346,66 @@ where
         None
     }
 
-    /// Where a run that opens with `attrs` goes: in its explicit parent, or
-    /// in the current span (from this thread's own stack, [`entered`]).
-    fn placement(&self, attrs: &Attributes<'_>, ctx: &Context<'_, S>) -> Placement {
-        if let Some(parent) = attrs.parent() {
-            self.placement_in(ctx, parent.into_u64())
+    /// Where the run `id`, opening with `attrs`, goes: in its explicit
+    /// parent, or in the current span (from this thread's own record,
+    /// [`entered`]).
+    fn placement(&self, attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>) -> Placement {
+        let parent = if let Some(parent) = attrs.parent() {
+            parent.into_u64()
         } else if attrs.is_contextual() {
             match entered::current(self.id) {
-                entered::Current::Span(parent) => self.placement_in(ctx, parent),
-                entered::Current::None => None,
-                entered::Current::Unknown => ctx
-                    .current_span()
-                    .id()
-                    .and_then(|parent| self.placement_in(ctx, parent.into_u64())),
+                entered::Current::Span(parent) => parent,
+                entered::Current::None => return Placement::default(),
+                entered::Current::Unknown => match ctx.current_span().id() {
+                    Some(parent) => parent.into_u64(),
+                    None => return Placement::default(),
+                },
             }
         } else {
-            None
+            return Placement::default();
+        };
+        match self.placement_in(ctx, parent) {
+            Ok(placement) => placement.unwrap_or_default(),
+            Err(Hidden) => self.placement_past_hidden(id, ctx),
         }
+    }
+
+    /// Where the run `id` goes when its parent is a span this layer's
+    /// filter hides: the registry's filtered walk from the new span finds
+    /// the nearest one it does not.
+    #[cold]
+    fn placement_past_hidden(&self, id: &Id, ctx: &Context<'_, S>) -> Placement {
+        self.nearest(ctx.span(id).and_then(|span| span.parent()), |n| {
+            n.placement()
+        })
         .unwrap_or_default()
     }
 
     /// Where a run opening right inside the span `span` goes. Without a
     /// registry lookup when `span` is the pipeline this thread remembers
     /// or a synchronous run open on this thread (nearly always).
-    fn placement_in(&self, ctx: &Context<'_, S>, span: u64) -> Option<Placement> {
+    fn placement_in(&self, ctx: &Context<'_, S>, span: u64) -> Result<Option<Placement>, Hidden> {
         if let Some(state) = parent_pipeline::find(self.id, span) {
-            return Some(Placement {
+            return Ok(Some(Placement {
                 pipeline: Some(state),
                 slot: None,
                 parent: None,
-            });
+            }));
         }
         // Never zero: it came from an `Id`.
-        let id = Id::from_non_zero_u64(std::num::NonZeroU64::new(span)?);
+        let Some(id) = std::num::NonZeroU64::new(span).map(Id::from_non_zero_u64) else {
+            return Ok(None);
+        };
         if let Some(found) = local_run(self.id, &id, |run| Nearest::Agent(run).placement()) {
-            return Some(found);
+            return Ok(Some(found));
         }
-        let span_ref = ctx.span(&id)?;
+        let span_ref = ctx.span(&id).ok_or(Hidden)?;
         let is_pipeline = self.kind(span_ref.metadata()) == Some(Kind::Pipeline);
-        let placement = self.nearest(Some(span_ref), |n| n.placement())?;
-        if is_pipeline && let Some(state) = &placement.pipeline {
+        let placement = self.nearest(Some(span_ref), |n| n.placement());
+        if is_pipeline && let Some(state) = placement.as_ref().and_then(|p| p.pipeline.as_ref()) {
             parent_pipeline::remember(self.id, span, state);
         }
-        Some(placement)
+        Ok(placement)
     }
 
     /// `change` applied to the state of `span`, if it is a run or a pipeline.
@@ -712,7 +734,7 @@ where
             Kind::AgentSync => {
                 // Kept on this thread's stack of open runs: no registry
                 // lookup of the new span, no extension.
-                let placement = self.placement(attrs, &ctx);
+                let placement = self.placement(attrs, id, &ctx);
                 let mut run = Some(self.open_agent(attrs, placement, true, false));
                 let _ = LOCAL_RUNS.try_with(|local| {
                     if let Some(run) = run.take() {
@@ -728,7 +750,7 @@ where
             }
             Kind::Agent => {
                 let Some(span) = ctx.span(id) else { return };
-                let placement = self.placement(attrs, &ctx);
+                let placement = self.placement(attrs, id, &ctx);
                 let self_timed = busy::self_timed(attrs.metadata());
                 let run = self.open_agent(attrs, placement, false, self_timed);
                 per_layer::insert(&mut span.extensions_mut(), self.key, run);
