@@ -13,20 +13,12 @@
 
 use std::cell::Cell;
 
-use tracing::Metadata;
-
-use crate::site::{self, HintSite};
+use crate::site::HintSite;
 
 /// The callsite of `track_agent`'s spans.
 pub(crate) static AGENT_SITE: HintSite = HintSite::timed();
 /// The callsite of `track_tool`'s spans.
 pub(crate) static TOOL_SITE: HintSite = HintSite::timed();
-
-/// Whether spans made at `meta` time their own busy time.
-#[inline]
-pub(crate) fn self_timed(meta: &'static Metadata<'static>) -> bool {
-    site::is_timed(meta)
-}
 
 /// A future's busy time, offered for its span while the span is dropped.
 #[derive(Clone, Copy)]

@@ -41,17 +41,27 @@ fn dropping_the_last_monitor_joins_every_thread_it_started() {
         .bind("127.0.0.1:0")
         .serve(&monitor)
         .expect("sidecar");
-    let running = perfmon_threads().unwrap();
-    // Linux keeps the first 15 bytes of a thread's name.
-    for name in [
+    // Linux keeps the first 15 bytes of a thread's name. A new thread names
+    // itself once it first runs, so on a busy machine `spawn` can return
+    // before its name shows: wait for every name, up to a deadline.
+    let expected = [
         "perfmon-events",
         "perfmon-exporter",
         "perfmon-runs",
         "perfmon-sampler",
         "perfmon-sidecar",
-    ] {
-        let shown = &name[..name.len().min(15)];
-        assert!(running.iter().any(|n| n == shown), "{name} in {running:?}");
+    ]
+    .map(|name| &name[..name.len().min(15)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut running = perfmon_threads().unwrap();
+    while !expected.iter().all(|e| running.iter().any(|n| n == e))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+        running = perfmon_threads().unwrap();
+    }
+    for shown in expected {
+        assert!(running.iter().any(|n| n == shown), "{shown} in {running:?}");
     }
     sidecar.shutdown();
     drop(sub);

@@ -6,7 +6,8 @@
 //! of open runs ([`open_runs`]): opening it needs no registry lookup of the
 //! new span and no extension, closing it none at all. Other runs (futures,
 //! which may close on any thread) and pipelines keep theirs in the span's
-//! extensions, one entry per monitor ([`per_layer`]). A guard offers the
+//! extensions, one entry per monitor ([`per_layer`]); the state itself is
+//! in [`state`]. A guard offers the
 //! layer its run's agent entry (`agent_table`), so the span's fields are
 //! not visited; the current span comes from the layer's own record of
 //! the spans entered on this thread ([`entered`]), and a run opening right
@@ -31,13 +32,14 @@ mod open_runs;
 mod parent_pipeline;
 mod per_layer;
 pub(crate) mod runs;
+mod state;
 mod visitors;
 
 use std::any::TypeId;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tracing::span::{Attributes, Id, Record};
@@ -53,17 +55,16 @@ use self::held::Held;
 pub(crate) use self::hooks::{RunUsage, WithRunUsage};
 pub(crate) use self::hooks::{WithBusy, WithPipeline};
 use self::open_runs::{Local, Stacks};
+use self::state::{AgentData, Busy, Hidden, Nearest, NearestMut, PipelineData, Placement};
 use self::visitors::{AgentVisitor, ErrorVisitor, NameVisitor, OutcomeVisitor, ProgressVisitor};
 use crate::busy;
-use crate::coverage::Coverage;
 use crate::events::EventKind;
 use crate::fields::PIPELINE_FIELD;
 use crate::outcome::{Outcome, UnknownOutcome};
 use crate::pending::{self, Finished};
-use crate::pipeline::{PipelineState, RunExtras, Ticket, Timing};
+use crate::pipeline::{PipelineState, Ticket, Timing};
 use crate::record::{Progress, RunKind};
 use crate::recorder::Recorder;
-use crate::stats::AgentEntry;
 use crate::sync::lock;
 
 /// Every thread's open synchronous runs.
@@ -87,155 +88,6 @@ fn local_run<R>(layer: u64, span: &Id, f: impl FnOnce(&mut AgentData) -> R) -> O
         .ok()
         .flatten()
         .flatten()
-}
-
-/// Per-span state of an agent (or tool) run: on its thread's stack of open
-/// runs (`open_runs`) for synchronous runs, in the span's extensions for
-/// the others.
-struct AgentData {
-    entry: Arc<AgentEntry>,
-    kind: RunKind,
-    /// Usage and output, boxed and only once the run reports some.
-    extras: Option<Box<RunExtras>>,
-    pipeline: Option<Arc<PipelineState>>,
-    ticket: Ticket,
-    start: quanta::Instant,
-    busy: Option<Busy>,
-    /// Boxed: only runs that did not simply succeed have one, and a small
-    /// `AgentData` moves in and out of the span's extensions without a memcpy call.
-    outcome: Option<Box<Outcome>>,
-    /// What the runs nested in this one covered, made when the first opens.
-    children: OnceLock<Arc<Children>>,
-    /// The enclosing run's `children`, for runs nested in one.
-    parent: Option<Arc<Children>>,
-    /// Opened outside any pipeline while one was active.
-    lost: bool,
-}
-
-/// The runs nested in one run: the time they covered, as offsets from the
-/// enclosing run's start.
-struct Children {
-    /// The enclosing run's agent and start.
-    agent: Arc<str>,
-    start: quanta::Instant,
-    cover: Mutex<Coverage>,
-}
-
-/// A span the layer's per-layer filter hides (`Context::span` finds nothing).
-struct Hidden;
-
-/// Where a new run goes: its pipeline, its parent's slot there, and its
-/// parent run's `children`.
-#[derive(Default)]
-struct Placement {
-    pipeline: Option<Arc<PipelineState>>,
-    slot: Option<u32>,
-    parent: Option<Arc<Children>>,
-}
-
-impl AgentData {
-    /// The slot of this run in its pipeline, for runs nested in it.
-    fn slot(&self) -> Option<u32> {
-        match self.ticket {
-            Ticket::Slot(i) => Some(i),
-            Ticket::Aggregated | Ticket::Late => None,
-        }
-    }
-}
-
-/// Busy time of a run whose span may be entered many times (a future's).
-/// Compact: a synchronous run's state (which has none) moves without a
-/// `memcpy` call.
-struct Busy {
-    /// Nanoseconds spent entered.
-    total_ns: u64,
-    /// When the span was last entered from outside (valid while `depth > 0`).
-    entered_at: quanta::Instant,
-    depth: u32,
-    entered: bool,
-    /// Timed by the future itself (`busy`): the layer only takes its total.
-    self_timed: bool,
-}
-
-impl Busy {
-    /// The total a self-timing future handed over (`None`: never polled).
-    fn set_total(&mut self, busy_ns: Option<u64>) {
-        if self.self_timed
-            && let Some(ns) = busy_ns
-        {
-            self.total_ns = ns;
-            self.entered = true;
-        }
-    }
-}
-
-/// Per-span state of a pipeline, in the span's extensions.
-struct PipelineData {
-    state: Arc<PipelineState>,
-    error: Option<String>,
-}
-
-/// The nearest perfmon span around an event, found for changing it.
-enum NearestMut<'a> {
-    Agent(&'a mut AgentData),
-    Pipeline(&'a mut PipelineData),
-}
-
-/// The nearest perfmon span around something, as the walk found it.
-enum Nearest<'a> {
-    /// An agent run's state.
-    Agent(&'a AgentData),
-    /// A pipeline's state.
-    Pipeline(&'a PipelineData),
-}
-
-impl NearestMut<'_> {
-    fn as_ref(&self) -> Nearest<'_> {
-        match self {
-            NearestMut::Agent(agent) => Nearest::Agent(agent),
-            NearestMut::Pipeline(pipeline) => Nearest::Pipeline(pipeline),
-        }
-    }
-}
-
-impl Nearest<'_> {
-    /// Where a run opened right inside this span goes.
-    fn placement(&self) -> Placement {
-        match self {
-            Nearest::Agent(agent) => Placement {
-                pipeline: agent.pipeline.clone(),
-                slot: agent.slot(),
-                parent: Some(Arc::clone(agent.children.get_or_init(|| {
-                    Arc::new(Children {
-                        agent: Arc::clone(&agent.entry.name),
-                        start: agent.start,
-                        cover: Mutex::default(),
-                    })
-                }))),
-            },
-            Nearest::Pipeline(pipeline) => Placement {
-                pipeline: Some(Arc::clone(&pipeline.state)),
-                slot: None,
-                parent: None,
-            },
-        }
-    }
-
-    /// The pipeline, and the run's slot in it for runs nested in an agent.
-    fn pipeline_and_slot(&self) -> (Option<Arc<PipelineState>>, Option<u32>) {
-        match self {
-            Nearest::Agent(agent) => (agent.pipeline.clone(), agent.slot()),
-            Nearest::Pipeline(pipeline) => (Some(Arc::clone(&pipeline.state)), None),
-        }
-    }
-
-    /// The agent's name (if the nearest is an agent run) and the pipeline.
-    fn agent_and_pipeline(&self) -> (Option<Arc<str>>, Option<Arc<PipelineState>>) {
-        match self {
-            Nearest::Agent(agent) => (Some(Arc::clone(&agent.entry.name)), agent.pipeline.clone()),
-            Nearest::Pipeline(pipeline) => (None, Some(Arc::clone(&pipeline.state))),
-        }
-    }
 }
 
 /// The `tracing_subscriber::Layer` that times perfmon spans; from [`crate::Monitor::layer`].
@@ -751,7 +603,7 @@ where
             Kind::Agent => {
                 let Some(span) = ctx.span(id) else { return };
                 let placement = self.placement(attrs, id, &ctx);
-                let self_timed = busy::self_timed(attrs.metadata());
+                let self_timed = crate::site::is_timed(attrs.metadata());
                 let run = self.open_agent(attrs, placement, false, self_timed);
                 per_layer::insert(&mut span.extensions_mut(), self.key, run);
             }
