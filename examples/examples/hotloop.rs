@@ -30,7 +30,9 @@
 //! makes: every run publishes events), `pipelines-fleet` (the same
 //! publishing to the Redis at `PERFMON_REDIS`, e.g. redis://127.0.0.1:6379),
 //! `none` (`perfmon::agent` with no subscriber), `none-bare` (the baseline's
-//! span with no subscriber: a disabled span). See BENCHMARKS.md.
+//! span with no subscriber: a disabled span), `perfmon-metrics` and
+//! `pipeline-metrics` (`perfmon` and `pipeline` with runs exported to
+//! `metrics`, into a Prometheus recorder). See BENCHMARKS.md.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -79,7 +81,17 @@ fn main() {
     };
     // `pipelines-history`: the same as `pipelines`, with a history file.
     let db = std::env::temp_dir().join(format!("perfmon-hotloop-{}.db", std::process::id()));
-    let mut builder = perfmon::Monitor::builder().metrics(false);
+    // `perfmon-metrics` / `pipeline-metrics`: runs exported to `metrics`,
+    // into a Prometheus recorder (what `Monitor::new()` does by default).
+    let metrics = mode.ends_with("-metrics");
+    if metrics {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        if metrics::set_global_recorder(recorder).is_err() {
+            eprintln!("a metrics recorder was already installed");
+            std::process::exit(1);
+        }
+    }
+    let mut builder = perfmon::Monitor::builder().metrics(metrics);
     if mode == "pipelines-history" {
         match perfmon::History::open(&db) {
             Ok(history) => builder = builder.history(history),
@@ -131,12 +143,12 @@ fn main() {
                 drop(parent);
             });
         }
-        "perfmon" => tracing::dispatcher::with_default(&with_layer(), || {
+        "perfmon" | "perfmon-metrics" => tracing::dispatcher::with_default(&with_layer(), || {
             for _ in 0..runs {
                 drop(black_box(perfmon::agent("geometry")));
             }
         }),
-        "pipeline" => tracing::dispatcher::with_default(&with_layer(), || {
+        "pipeline" | "pipeline-metrics" => tracing::dispatcher::with_default(&with_layer(), || {
             let pipeline = monitor.start_pipeline("loop");
             for _ in 0..runs {
                 drop(black_box(perfmon::agent("geometry")));

@@ -312,15 +312,9 @@ impl AgentMetrics {
         }
     }
 
-    /// Whether runs are exported through the `metrics` facade.
-    #[inline]
-    pub(crate) fn enabled(&self) -> bool {
-        self.agent.is_some()
-    }
-
     /// Registers, on the calling thread, the handles that a run with
     /// `outcome` (and usage, if `usage`) will record into. Runs are recorded
-    /// in batches, often on another thread (`pending`); the handles must
+    /// in batches, possibly on another thread (`pending`); the handles must
     /// come from the recorder of the thread that ran them (the global one,
     /// or `metrics::with_local_recorder`'s). Once registered: one load.
     #[inline]

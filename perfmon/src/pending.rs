@@ -12,24 +12,21 @@
 //! one pipeline its lock once.
 //!
 //! Who applies a batch was chosen by measuring (BENCHMARKS.md, issue 16):
-//! - runs that export no `metrics`: the closing thread, at [`BATCH`]
-//!   runs. Handing them to another thread cost more CPU in all (the
-//!   records' cache lines and the pipeline's lock travel between cores, a
-//!   wake is a system call) for little less on the closing thread;
-//! - runs that export `metrics`: the collector thread, woken at [`BATCH`]
-//!   runs. Recording into a `metrics` recorder (Prometheus's histograms)
-//!   is most of such a run's cost; the closing thread applies them itself
-//!   only when [`CAPACITY`] runs wait (the collector is behind: memory is
-//!   bounded; nothing is dropped).
+//! the closing thread, at [`BATCH`] runs, whether or not they export
+//! `metrics`. Handing batches to another thread cost more CPU in all and,
+//! with `metrics` on, no less wall time on the closing thread: the
+//! records, the agent's counters and the pipeline's lock travel between
+//! cores, and each wake is a system call (measured twice: for every run,
+//! then, until the fourth round, for runs exported to `metrics`).
 //!
 //! When the records are applied:
-//! - by the closing thread, as above;
+//! - by the closing thread, at [`BATCH`] runs;
 //! - by [`flush`], which every read of statistics or of a pipeline calls
 //!   first (`Recorder::entries`, `Recorder::finish_pipeline`, reports so
 //!   far, snapshots), so every read is exact: a run whose span closed
 //!   before the read began is counted in it;
 //! - by the process's collector thread (`perfmon-runs`, while any monitor
-//!   lives) when woken, and every [`FLUSH_EVERY`]: the `metrics` recorder
+//!   lives) every [`FLUSH_EVERY`]: the `metrics` recorder
 //!   (which a Prometheus scrape reads without asking perfmon) and a quiet
 //!   thread's runs are at most that far behind;
 //! - when a thread exits, by its buffer's destructor, and at once for runs
@@ -40,7 +37,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, Thread};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::outcome::Outcome;
@@ -48,17 +45,11 @@ use crate::pipeline::{Closer, PipelineState, RunExtras, Ticket, Timing};
 use crate::stats::{AgentEntry, FinishedRun};
 use crate::sync::lock;
 
-/// Runs a thread applies itself, in one batch, when they export no
-/// `metrics`.
+/// Runs a thread keeps at most (about 80 bytes each, twice: the buffer and
+/// the batch being applied); at this many it applies them, in one batch.
 pub(crate) const BATCH: usize = 256;
 
-/// Runs a thread keeps at most (about 80 bytes each, twice: the buffer and
-/// the batch being applied): past [`BATCH`], runs that export `metrics`
-/// wait for the collector, woken at `BATCH`; at this many the thread
-/// applies them itself.
-pub(crate) const CAPACITY: usize = 1024;
-
-/// How often the collector applies every thread's runs when not woken.
+/// How often the collector applies every thread's runs.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// One finished run, as the layer measured it.
@@ -201,13 +192,8 @@ pub(crate) fn push(run: Finished) {
     let _ = LOCAL.try_with(|local| {
         let mut runs = lock(&local.0.runs);
         let Some(run) = run.take() else { return };
-        let metrics = run.entry.exports_metrics();
         runs.push(run);
-        let len = runs.len();
-        if len == BATCH && metrics {
-            drop(runs);
-            wake();
-        } else if len >= CAPACITY || (len >= BATCH && !metrics) {
+        if runs.len() >= BATCH {
             drop(runs);
             local.0.drain();
         }
@@ -227,8 +213,8 @@ pub(crate) fn flush() {
 }
 
 /// The process's collector thread, shared by every monitor alive: it
-/// applies every thread's runs when a buffer of runs that export `metrics`
-/// reaches [`BATCH`], and every [`FLUSH_EVERY`].
+/// applies every thread's runs every [`FLUSH_EVERY`] (a quiet thread's,
+/// and the `metrics` recorder's share).
 struct Collector {
     /// Monitors holding a [`CollectorUse`].
     users: usize,
@@ -241,17 +227,6 @@ static COLLECTOR: Mutex<Collector> = Mutex::new(Collector {
     thread: None,
 });
 
-/// The collector thread, for the buffers to wake.
-static WAKER: Mutex<Option<Thread>> = Mutex::new(None);
-
-/// Wakes the collector, if one runs.
-#[cold]
-fn wake() {
-    if let Some(thread) = lock(&WAKER).as_ref() {
-        thread.unpark();
-    }
-}
-
 /// A monitor's share of the collector thread: the first one starts it,
 /// dropping the last one stops and joins it (after a last flush).
 #[derive(Debug)]
@@ -263,7 +238,8 @@ impl CollectorUse {
     /// # Errors
     ///
     /// The thread could not be spawned. Runs are still counted: by the
-    /// threads that close them (a full buffer) and by every read.
+    /// threads that close them (a full buffer) and by every read; only a
+    /// quiet thread's runs reach the `metrics` recorder later.
     pub(crate) fn acquire() -> std::io::Result<CollectorUse> {
         let mut collector = lock(&COLLECTOR);
         if collector.thread.is_none() {
@@ -277,7 +253,6 @@ impl CollectorUse {
                         flush();
                     }
                 })?;
-            *lock(&WAKER) = Some(handle.thread().clone());
             collector.thread = Some((stop, handle));
         }
         collector.users += 1;
@@ -291,7 +266,6 @@ impl Drop for CollectorUse {
             let mut collector = lock(&COLLECTOR);
             collector.users = collector.users.saturating_sub(1);
             if collector.users == 0 {
-                *lock(&WAKER) = None;
                 collector.thread.take()
             } else {
                 None
@@ -345,31 +319,35 @@ mod tests {
 
     #[test]
     fn a_flush_applies_every_live_threads_runs_and_a_full_buffer_applies_itself() {
-        let entry = Arc::new(AgentEntry::new(Arc::from("flush"), RunKind::Agent, false));
-        let (pushed_tx, pushed_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let e = Arc::clone(&entry);
-        let worker = std::thread::spawn(move || {
-            for _ in 0..3 {
-                push(run(&e, 2));
-            }
-            pushed_tx.send(()).unwrap();
-            let _ = done_rx.recv();
-            // A batch: the thread applies it itself (no `metrics` here).
-            for _ in 0..BATCH {
-                push(run(&e, 2));
-            }
-            pushed_tx.send(()).unwrap();
-            let _ = done_rx.recv();
-        });
-        pushed_rx.recv().unwrap();
-        flush();
-        assert_eq!(entry.counts().0, 3);
-        done_tx.send(()).unwrap();
-        pushed_rx.recv().unwrap();
-        // A batch filled up: the thread applied all of it, unasked.
-        assert_eq!(entry.counts().0, 3 + BATCH as u64);
-        done_tx.send(()).unwrap();
-        worker.join().unwrap();
+        // With `metrics` off and on: the closing thread applies a full
+        // buffer either way (it once woke the collector for the latter).
+        for metrics in [false, true] {
+            let entry = Arc::new(AgentEntry::new(Arc::from("flush"), RunKind::Agent, metrics));
+            let (pushed_tx, pushed_rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let e = Arc::clone(&entry);
+            let worker = std::thread::spawn(move || {
+                for _ in 0..3 {
+                    push(run(&e, 2));
+                }
+                pushed_tx.send(()).unwrap();
+                let _ = done_rx.recv();
+                // A batch: the thread applies it itself.
+                for _ in 0..BATCH {
+                    push(run(&e, 2));
+                }
+                pushed_tx.send(()).unwrap();
+                let _ = done_rx.recv();
+            });
+            pushed_rx.recv().unwrap();
+            flush();
+            assert_eq!(entry.counts().0, 3);
+            done_tx.send(()).unwrap();
+            pushed_rx.recv().unwrap();
+            // A batch filled up: the thread applied all of it, unasked.
+            assert_eq!(entry.counts().0, 3 + BATCH as u64, "metrics {metrics}");
+            done_tx.send(()).unwrap();
+            worker.join().unwrap();
+        }
     }
 }

@@ -336,12 +336,6 @@ impl AgentEntry {
         self.metrics.prepare(outcome, usage);
     }
 
-    /// Whether this agent's runs are exported through the `metrics` facade.
-    #[inline]
-    pub(crate) fn exports_metrics(&self) -> bool {
-        self.metrics.enabled()
-    }
-
     pub(crate) fn run_started(&self) {
         self.running.fetch_add(1, Ordering::Relaxed);
     }
