@@ -34,15 +34,17 @@ fn rss_bytes() -> Option<u64> {
 async fn stalled_clients_cost_a_healthy_one_nothing() {
     const STALLED: usize = 300;
     let monitor = Monitor::builder().metrics(false).build();
-    // A 4,096-event queue (~0.7 s at this rate) so that the healthy reader,
+    // An 8,192-event queue (~1.3 s at this rate) so that the healthy reader,
     // which shares this machine's CPU with everything else, survives being
     // descheduled for a moment: with the default 1,024, one busy process on
-    // a 2-core machine made it lose events whatever the stalled clients did.
-    // Without the send-buffer cap it still loses thousands (1,360 and 13,322
-    // in two runs with this queue).
+    // a 2-core machine made it lose events whatever the stalled clients did,
+    // and with 4,096 a loaded machine once cost it 543 and 1,456. Without
+    // the send-buffer cap it still fails with this queue, every time (five
+    // runs: the reader lost 10,407 of 24,800 in one, got only 6,014 in
+    // another, and the sidecar did not answer the status request in time).
     let config = perfmon::ws::Config::default()
         .stall_limit(Duration::from_secs(3))
-        .queue_capacity(4_096);
+        .queue_capacity(8_192);
     let sidecar = Sidecar::builder()
         .bind("127.0.0.1:0")
         .config(config)
